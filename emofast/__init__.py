@@ -1,0 +1,85 @@
+"""emofast: fast paired concept probing of language models.
+
+Capture the residual stream at chosen token positions of every layer with hooks (no ``output_hidden_states``,
+no LM head, early exit, length-sorted batches), fit concept directions per pair of opposed concepts, choose
+layers, calibrate, evaluate on held-out texts, and score corpora.
+
+``import emofast`` is light: it imports neither triton, nor vllm, nor the compiled extension; the submodules
+behind the names below load on first use.
+
+Example:
+    >>> import emofast
+    >>> model, tok = emofast.load_model("smollm2")                                    # doctest: +SKIP
+    >>> x = emofast.extract(model, tok, ["My dog died today."], chat_template=True)   # doctest: +SKIP
+    >>> x.shape                                                                        # doctest: +SKIP
+    torch.Size([1, 31, 576])
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ._version import __version__
+
+__all__ = [
+    "__version__",
+    "load_model",
+    "extract",
+    "accumulate",
+    "project",
+    "Accumulator",
+    "NonFiniteError",
+    "resolve_layout",
+    "kernels",
+]
+
+_LAZY = {
+    "load_model": ("emofast.models", "load_model"),
+    "resolve_layout": ("emofast.models", "resolve_layout"),
+    "extract": ("emofast.api", "extract"),
+    "accumulate": ("emofast.api", "accumulate"),
+    "project": ("emofast.api", "project"),
+    "Accumulator": ("emofast.accumulator", "Accumulator"),
+    "NonFiniteError": ("emofast.engine", "NonFiniteError"),
+    "kernels": ("emofast.kernels", None),
+}
+
+
+_SUBMODULES = {
+    "api",
+    "accumulator",
+    "calibration",
+    "cli",
+    "corpus",
+    "data",
+    "directions",
+    "distributed",
+    "engine",
+    "evaluation",
+    "layer_policy",
+    "models",
+    "probe",
+    "prompts",
+    "reducers",
+    "report",
+    "stats",
+    "textio",
+    "workflow",
+    "backends",
+}
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"emofast.{name}")
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        mod = importlib.import_module(module)
+        value = mod if attr is None else getattr(mod, attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'emofast' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
