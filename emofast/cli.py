@@ -1,0 +1,293 @@
+"""Command line: ``emofast run | score | extract | compare | info`` (a thin layer over the Python API)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _layers(spec: str | None):
+    """``"0,5,10"``, ``"10-14"``, ``"-1"`` -> list of ints (None for all)."""
+    if spec in (None, "", "all"):
+        return None
+    out = []
+    for part in spec.split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", part)
+        if m:
+            out.extend(range(int(m.group(1)), int(m.group(2)) + 1))
+        else:
+            try:
+                out.append(int(part))
+            except ValueError:
+                raise ValueError(f"--layers {spec!r}: expected e.g. 0,5,10 or 10-14 or -1") from None
+    return out
+
+
+def _position(spec: str):
+    return int(spec) if spec.lstrip("-").isdigit() else spec
+
+
+def _add_model_args(p, default_model: str | None = "smollm2"):
+    p.add_argument("--model", default=default_model, help="hub id, local folder, or 'smollm2' (the embedded default)")
+    p.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16/fp16 on GPU), float32, bfloat16, float16")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--device-map", default=None, help="e.g. 'auto' to spread a big model over several GPUs")
+    p.add_argument("--tp-plan", default=None, help="'auto' for tensor parallelism under torchrun (transformers)")
+    p.add_argument("--batch-size", type=int, default=None, help="texts per batch (default 16 on CPU, 32 on GPU)")
+    p.add_argument("--max-tokens", type=int, default=None, help="token budget per batch (texts x longest)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_extraction_args(p):
+    p.add_argument("--position", default="last", help="last, mean, or a token index (negative from the end)")
+    p.add_argument("--no-chat-template", action="store_true", help="feed plain texts, not chat-templated prompts")
+    p.add_argument(
+        "--system-prompt",
+        default=None,
+        help="system turn of the chat template (default 'You are a helpful assistant.'; '' for none)",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .layer_policy import POLICIES
+    from .probe import DEFAULT_METHOD, DEFAULT_POLICY, DEFAULT_WIDTH, SCORES
+
+    ap = argparse.ArgumentParser(prog="emofast", description="Fast paired concept probing of language models.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("run", help="fit a probe on paired texts, evaluate it on held-out texts, write a run folder")
+    _add_model_args(r)
+    _add_extraction_args(r)
+    r.add_argument("--pairs", default=None, help="dataset folder (default: the bundled emotion pairs)")
+    r.add_argument("--pair", action="append", default=None, help="a pair to use, LEFT_vs_RIGHT (repeatable)")
+    r.add_argument("--config", default=None, help="JSON/TOML file with root, pairs, neutral")
+    r.add_argument("--neutral", default="auto", help="neutral JSONL for controls ('none' to skip)")
+    r.add_argument("--out", default=None, help="run folder (default runs/<model>)")
+    r.add_argument("--method", default=DEFAULT_METHOD, choices=["mean-diff", "lda", "logreg"])
+    r.add_argument("--policy", default=DEFAULT_POLICY, choices=list(POLICIES))
+    r.add_argument("--width", type=int, default=DEFAULT_WIDTH, help="band width")
+    r.add_argument("--score", default="centered", choices=list(SCORES))
+    r.add_argument("--calibration", default="platt", choices=["platt", "temperature"])
+    r.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--no-report", action="store_true", help="skip report.html")
+
+    s = sub.add_parser("score", help="score texts (a file or a folder of shards) against a fitted probe")
+    _add_model_args(s, default_model=None)
+    s.add_argument("--probe", required=True, help="run folder written by 'emofast run'")
+    s.add_argument("--input", required=True, help=".jsonl, .txt, .csv, .parquet, or a folder of them")
+    s.add_argument("--out", required=True, help="a .parquet or .csv file, or a folder for shards + manifest")
+    s.add_argument("--chunk-size", type=int, default=4096, help="texts per shard and checkpoint")
+    s.add_argument("--strict", action="store_true", help="stop at the first bad record instead of logging it")
+
+    e = sub.add_parser("extract", help="hidden states of texts at every layer (prints a per-layer summary)")
+    _add_model_args(e)
+    _add_extraction_args(e)
+    e.add_argument("--input", default=None, help="texts file (default: a few bundled sentences)")
+    e.add_argument("--layers", default=None, help="e.g. 0,10,20 or 10-14 (default: all)")
+    e.add_argument("--out", default=None, help="write the [N, L, D] tensor to a .safetensors file")
+
+    c = sub.add_parser("compare", help="cross-model report (HTML + Markdown + CSV) from run folders")
+    c.add_argument("runs", nargs="+", help="run folders")
+    c.add_argument("--out", required=True, help="report folder")
+
+    sub.add_parser("info", help="versions, devices and which kernels load")
+    return ap
+
+
+def _distributed():
+    """(rank, world_size, barrier) under torchrun, else (0, 1, None)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, None
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
+    return dist.get_rank(), dist.get_world_size(), dist.barrier
+
+
+def _load(args, name: str):
+    from .models import load_model
+
+    device = args.device
+    if device is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch
+
+        if torch.cuda.is_available():
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    extra = {"tp_plan": args.tp_plan} if args.tp_plan else {}
+    return load_model(name, dtype=args.dtype, device=device, device_map=args.device_map, **extra)
+
+
+def _system_prompt(args):
+    from .probe import DEFAULT_SYSTEM_PROMPT
+
+    if args.system_prompt is None:
+        return DEFAULT_SYSTEM_PROMPT
+    return args.system_prompt or None
+
+
+def cmd_run(args) -> int:
+    from .workflow import profile_table, run
+
+    rank, world, _ = _distributed()
+    kwargs = dict(
+        pairs=args.pair,
+        config=args.config,
+        neutral=None if args.neutral == "none" else args.neutral,
+        method=args.method,
+        policy=args.policy,
+        width=args.width,
+        score=args.score,
+        calibration=args.calibration,
+        position=_position(args.position),
+        chat_template=False if args.no_chat_template else "auto",
+        system_prompt=_system_prompt(args),
+        batch_size=args.batch_size,
+        max_tokens=args.max_tokens,
+        n_boot=args.n_boot,
+        seed=args.seed,
+        progress=not args.no_progress and rank == 0,
+    )
+    model, tok = _load(args, args.model)
+    res = run(model, args.pairs, args.out, tokenizer=tok, model_name=args.model, **kwargs)
+    s = res.metrics["summary"]
+    print(f"\nemofast run: {res.probe.meta['model']} -> {res.out}")
+    print(
+        f"held-out mean balanced accuracy {s['mean_balanced_accuracy']:.3f} (lowest pair "
+        f"{s['min_balanced_accuracy']:.3f}), mean AUROC {s['mean_auroc']:.3f}\n"
+    )
+    print(profile_table(res.profile))
+    return 0
+
+
+def cmd_score(args) -> int:
+    from .corpus import score_corpus
+    from .probe import load_probe
+
+    rank, world, barrier = _distributed()
+    probe = load_probe(args.probe)
+    name = args.model or probe.meta.get("model_load") or probe.meta["model"]
+    model, tok = _load(args, name)
+    summary = score_corpus(
+        probe,
+        model,
+        tok,
+        args.input,
+        args.out,
+        chunk_size=args.chunk_size,
+        batch_size=args.batch_size,
+        max_tokens=args.max_tokens,
+        strict=args.strict,
+        progress=not args.no_progress,
+        rank=rank,
+        world_size=world,
+        barrier=barrier,
+    )
+    if rank == 0:
+        print(summary.line())
+    return 0
+
+
+SAMPLE = [
+    "My grandmother's cardigan still smells of her perfume.",
+    "We won the final in the last minute and the whole stand sang.",
+    "The train is delayed again, the third time this week.",
+    "Please find attached the minutes of Tuesday's meeting.",
+]
+
+
+def cmd_extract(args) -> int:
+    import torch
+
+    from .api import extract
+
+    model, tok = _load(args, args.model)
+    if args.input:
+        from .textio import BadRecord, iter_records
+
+        recs = [r for _, r in iter_records(args.input)]
+        bad = [r for r in recs if isinstance(r, BadRecord)]
+        if bad:
+            raise SystemExit(f"emofast extract: {bad[0]}")
+        texts = [r.text for r in recs]
+    else:
+        texts = SAMPLE
+    chat = not args.no_chat_template and getattr(tok, "chat_template", None) is not None
+    x = extract(
+        model,
+        tok,
+        texts,
+        layers=_layers(args.layers),
+        position=_position(args.position),
+        chat_template=chat,
+        system_prompt=_system_prompt(args) if chat else None,
+        batch_size=args.batch_size,
+        max_tokens=args.max_tokens,
+        progress=not args.no_progress,
+    )
+    layers = _layers(args.layers) or list(range(x.shape[1]))
+    print(f"{len(texts)} texts -> tensor {list(x.shape)} [N, layers, D] (float32)")
+    print(f"{'layer':>5} {'mean |x|':>10} {'std':>9} {'mean cos to text 0':>19}")
+    for i, layer in enumerate(layers):
+        v = x[:, i]
+        cos = (
+            torch.nn.functional.cosine_similarity(v, v[:1].expand_as(v), dim=-1)[1:].mean().item()
+            if len(v) > 1
+            else 1.0
+        )
+        print(f"{layer:>5} {v.norm(dim=-1).mean().item():>10.3f} {v.std().item():>9.4f} {cos:>19.3f}")
+    if args.out:
+        from safetensors.torch import save_file
+
+        save_file({"hidden_states": x.contiguous()}, args.out, metadata={"layers": json.dumps(layers)})
+        print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .report import compare
+
+    out = compare([Path(r) for r in args.runs], Path(args.out))
+    print(f"wrote {out / 'report.html'}, {out / 'report.md'} and CSVs")
+    return 0
+
+
+def cmd_info(args) -> int:
+    import torch
+
+    from . import __version__, kernels
+
+    print(f"emofast {__version__}, torch {torch.__version__}, python {sys.version.split()[0]}")
+    print(
+        f"cuda available: {torch.cuda.is_available()}"
+        + (f" ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "")
+    )
+    print(f"kernels: {json.dumps(kernels.available())}")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    handlers = {"run": cmd_run, "score": cmd_score, "extract": cmd_extract, "compare": cmd_compare, "info": cmd_info}
+    from .corpus import CheckpointError
+
+    try:
+        return handlers[args.cmd](args)
+    except (ValueError, FileNotFoundError, ModuleNotFoundError, CheckpointError) as exc:
+        print(f"emofast {args.cmd}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""Held-out evaluation of a fitted probe, with bootstrap confidence intervals, the emotion profile, and the
+controls (neutral texts, polarity swap)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .calibration import calibration_report
+from .probe import PairedProbe, SplitIndex
+from .stats import auroc, balanced_accuracy, bootstrap_ci, separation
+
+__all__ = ["evaluate_split", "neutral_readings", "profile_rows", "mirror_deviation", "per_layer_curves"]
+
+
+def _ci(est_lo_hi) -> dict:
+    est, lo, hi = est_lo_hi
+    return {"value": est, "ci95": [lo, hi]}
+
+
+def evaluate_split(
+    probe: PairedProbe,
+    layer_scores: np.ndarray,
+    layers,
+    index: SplitIndex,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    chosen: dict | None = None,
+) -> dict:
+    """Metrics per pair on one split.
+
+    Args:
+        layer_scores: ``[N, len(layers), P]`` per-layer scores of ``index``'s texts.
+        index: which pair and side each text belongs to.
+
+    Returns:
+        ``{pair: {balanced_accuracy, auroc, sign_accuracy, mean_p_left_on_left, mean_p_right_on_right,
+        margin_left, margin_right, separation, calibration, n_left, n_right}}``; each statistic as
+        ``{"value", "ci95": [lo, hi]}`` (95% stratified bootstrap).
+    """
+    band = probe.band_scores(layer_scores, layers, chosen)
+    p_left = probe.probabilities(band)
+    out = {}
+    for p, name in enumerate(probe.names):
+        idx = index.of_pair(p)
+        y, s, pl = index.y[idx], band[idx, p], p_left[idx, p]
+        boot = {"n_boot": n_boot, "seed": seed, "keys": [index.ids[i] for i in idx]}
+        out[name] = {
+            "n_left": int(y.sum()),
+            "n_right": int((1 - y).sum()),
+            "balanced_accuracy": _ci(bootstrap_ci(lambda y, q: balanced_accuracy(y, q > 0.5), y, pl, **boot)),
+            "sign_accuracy": _ci(bootstrap_ci(lambda y, v: balanced_accuracy(y, v > 0), y, s, **boot)),
+            "auroc": _ci(bootstrap_ci(auroc, y, s, **boot)),
+            "mean_p_left_on_left": _ci(bootstrap_ci(lambda y, q: float(q[y == 1].mean()), y, pl, **boot)),
+            "mean_p_right_on_right": _ci(bootstrap_ci(lambda y, q: float(1 - q[y == 0].mean()), y, pl, **boot)),
+            "margin_left": _ci(bootstrap_ci(lambda y, v: float(v[y == 1].mean()), y, s, **boot)),
+            "margin_right": _ci(bootstrap_ci(lambda y, v: float(-v[y == 0].mean()), y, s, **boot)),
+            "mean_p_left": _ci(bootstrap_ci(lambda y, q: float(q.mean()), y, pl, **boot)),
+            "separation": separation(y, s),
+            "calibration": calibration_report(y, s, {"calibrated": probe.calibrators[name]}),
+        }
+    return out
+
+
+def neutral_readings(
+    probe: PairedProbe, layer_scores: np.ndarray, layers, *, n_boot: int = 1000, seed: int = 0, ids=None
+) -> dict:
+    """Mean ``p_left`` of every pair on the neutral texts, and the share read as left (``p_left > 0.5``)."""
+    band = probe.band_scores(layer_scores, layers)
+    p_left = probe.probabilities(band)
+    y = np.zeros(len(band), dtype=np.int64)
+    out = {}
+    for p, name in enumerate(probe.names):
+        q = p_left[:, p]
+        out[name] = {
+            "n": int(len(q)),
+            "mean_p_left": _ci(bootstrap_ci(lambda y, q: float(q.mean()), y, q, n_boot=n_boot, seed=seed, keys=ids)),
+            "share_left": float((q > 0.5).mean()),
+            "mean_score": float(band[:, p].mean()),
+        }
+    return out
+
+
+def profile_rows(probe: PairedProbe, test: dict, neutral: dict | None, model: str) -> list[dict]:
+    """The emotion profile: per side label, its mean percentage on the pair's balanced test set (both sides:
+    50% is an unbiased instrument), on its own side's test texts, and on the neutral texts."""
+    rows = []
+    for name, (left, right) in zip(probe.names, probe.pairs):
+        m = test[name]
+        bal = m["mean_p_left"]
+        for side, label, own in (
+            ("left", left, m["mean_p_left_on_left"]),
+            ("right", right, m["mean_p_right_on_right"]),
+        ):
+            flip = side == "right"
+            pct = lambda v, f=flip: 100 * (1 - v) if f else 100 * v  # noqa: E731
+            lo, hi = sorted(pct(v) for v in bal["ci95"])
+            row = {
+                "model": model,
+                "pair": name,
+                "label": label,
+                "side": side,
+                "pct_test": pct(bal["value"]),
+                "pct_test_lo": lo,
+                "pct_test_hi": hi,
+                "pct_own_side": 100 * own["value"],
+                "pct_own_side_lo": 100 * own["ci95"][0],
+                "pct_own_side_hi": 100 * own["ci95"][1],
+            }
+            if neutral is not None:
+                nv = neutral[name]["mean_p_left"]
+                nlo, nhi = sorted(pct(v) for v in nv["ci95"])
+                row.update({"pct_neutral": pct(nv["value"]), "pct_neutral_lo": nlo, "pct_neutral_hi": nhi})
+            rows.append(row)
+    return rows
+
+
+def per_layer_curves(layer_scores: np.ndarray, layers, index: SplitIndex, names) -> dict:
+    """Balanced sign accuracy and separation of every pair at every layer (for the reports)."""
+    out = {}
+    for p, name in enumerate(names):
+        idx = index.of_pair(p)
+        y = index.y[idx]
+        out[name] = {
+            "layers": list(layers),
+            "balanced_accuracy": [balanced_accuracy(y, layer_scores[idx, i, p] > 0) for i in range(len(layers))],
+            "separation": [separation(y, layer_scores[idx, i, p]) for i in range(len(layers))],
+        }
+    return out
+
+
+_MIRROR = {
+    "balanced_accuracy": "balanced_accuracy",
+    "sign_accuracy": "sign_accuracy",
+    "auroc": "auroc",
+    "mean_p_left_on_left": "mean_p_right_on_right",
+    "mean_p_right_on_right": "mean_p_left_on_left",
+    "margin_left": "margin_right",
+    "margin_right": "margin_left",
+}
+
+
+def mirror_deviation(metrics: dict, swapped: dict, names: list[str], swapped_names: list[str]) -> float:
+    """Largest difference between every number of a run and the mirrored number of its polarity-swapped run.
+
+    Swapping left and right must exchange the per-side numbers, keep accuracy and AUROC, and turn every
+    ``p_left`` into ``1 - p_left``; 0 means a perfect mirror.
+    """
+    worst = 0.0
+    for a, b in zip(names, swapped_names):
+        ma, mb = metrics[a], swapped[b]
+        for key, other in _MIRROR.items():
+            va = [ma[key]["value"], *ma[key]["ci95"]]
+            vb = [mb[other]["value"], *mb[other]["ci95"]]
+            worst = max(worst, max(abs(x - y) for x, y in zip(va, vb)))
+        pa = [ma["mean_p_left"]["value"], *ma["mean_p_left"]["ci95"]]
+        pb = [1 - mb["mean_p_left"]["value"], *(1 - v for v in mb["mean_p_left"]["ci95"][::-1])]
+        worst = max(worst, max(abs(x - y) for x, y in zip(pa, pb)))
+    return worst

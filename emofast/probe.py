@@ -1,0 +1,513 @@
+"""Paired probes: a direction per concept pair and layer, the layers that carry it, and a calibration.
+
+``PairedProbe.fit`` streams the training split through :func:`emofast.accumulate` (per-side sums, no rows kept)
+for the ``mean-diff`` method, projects the validation split on every layer's directions with
+:func:`emofast.project`, chooses layers (:mod:`emofast.layer_policy`) and fits the calibration on the validation
+split. The test split is never touched here (see :mod:`emofast.evaluation`).
+
+Scores (positive means the left side):
+
+* ``centered`` (default): ``(x - (mu_left + mu_right) / 2) . d``
+* ``cosine``: ``cos(x, d)``, as in the original study.
+
+A band's score is the mean of its layers' scores; ``p_left = sigmoid(a * score + b)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ._version import __version__
+from .calibration import Calibrator, calibration_report, fit_platt, fit_temperature
+from .data import PairedDataset
+from .directions import METHODS, logistic, mean_diff, shrinkage_lda
+from .layer_policy import choose_layers
+
+__all__ = [
+    "PairedProbe",
+    "load_probe",
+    "SplitIndex",
+    "DEFAULT_SYSTEM_PROMPT",
+    "DEFAULT_METHOD",
+    "DEFAULT_POLICY",
+    "DEFAULT_WIDTH",
+    "SCORES",
+    "side_columns",
+]
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+DEFAULT_METHOD = "lda"  # best on val across the bundled pairs (see README, "Choosing the defaults")
+DEFAULT_POLICY = "per-pair"
+DEFAULT_WIDTH = 4
+SCORES = ("centered", "cosine")
+CALIBRATIONS = ("platt", "temperature")
+PROBE_FILE = "probe.safetensors"
+PROBE_JSON = "probe.json"
+
+
+@dataclass
+class SplitIndex:
+    """The texts of one split of every pair, concatenated: ``pair[i]`` (pair index) and ``y[i]`` (1 = left)."""
+
+    texts: list
+    ids: list
+    pair: np.ndarray
+    y: np.ndarray
+
+    @classmethod
+    def of(cls, data: PairedDataset, split: str) -> SplitIndex:
+        texts, ids, pair, y = [], [], [], []
+        for p, pr in enumerate(data.pairs):
+            for side, label in ((pr.left, 1), (pr.right, 0)):
+                rows = pr.texts[split][side]
+                texts += [t for _, t in rows]
+                ids += [i for i, _ in rows]
+                pair += [p] * len(rows)
+                y += [label] * len(rows)
+        return cls(texts, ids, np.array(pair, dtype=np.int64), np.array(y, dtype=np.int64))
+
+    def of_pair(self, p: int) -> np.ndarray:
+        return np.flatnonzero(self.pair == p)
+
+    def shifted(self, offset: int) -> np.ndarray:
+        """Row positions of this split inside a concatenation where it starts at ``offset``."""
+        return np.arange(len(self.texts)) + offset
+
+
+def side_columns(pairs: list[tuple[str, str]]) -> dict[str, tuple[str, str]]:
+    """Output column names ``p_<left>``, ``p_<right>`` per pair; a side name used by several pairs becomes
+    ``<pair>:p_<side>`` so that columns never collide."""
+    counts: dict[str, int] = {}
+    for left, right in pairs:
+        for side in (left, right):
+            counts[side] = counts.get(side, 0) + 1
+    out = {}
+    for left, right in pairs:
+        name = f"{left}_vs_{right}"
+        out[name] = tuple(f"p_{s}" if counts[s] == 1 else f"{name}:p_{s}" for s in (left, right))
+    return out
+
+
+class PairedProbe:
+    """Directions, midpoints, chosen layers and calibration for a set of concept pairs.
+
+    Attributes:
+        pairs: ``[(left, right), ...]``, ``P`` pairs.
+        layers: candidate layers with a direction, ``nL`` of them.
+        directions: ``[P, nL, D]`` unit vectors (float32).
+        midpoints: ``[P, nL, D]`` ``(mu_left + mu_right) / 2`` (float32).
+        chosen: ``{pair_name: [layer, ...]}`` layers whose scores are averaged.
+        calibrators: ``{pair_name: Calibrator}``.
+        score_kind: ``"centered"`` or ``"cosine"``.
+        meta: how the vectors are taken (``position``, ``chat_template``, ``system_prompt``), the model, the
+            method, the policy, the dataset hashes, the emofast version.
+        fit_report: validation tables of the fit (per-layer accuracy, calibration quality); not saved.
+
+    Example:
+        >>> probe = PairedProbe.fit(model, tok, emofast.data.load_pairs())     # doctest: +SKIP
+        >>> probe.score(model, tok, ["I miss her every day."])["sad_vs_happy"]  # doctest: +SKIP
+        array([0.41], dtype=float32)
+    """
+
+    def __init__(
+        self,
+        pairs,
+        layers,
+        directions,
+        midpoints,
+        chosen=None,
+        calibrators=None,
+        *,
+        score_kind="centered",
+        meta=None,
+        fit_report=None,
+    ):
+        if score_kind not in SCORES:
+            raise ValueError(f"score {score_kind!r}: expected one of {', '.join(SCORES)}")
+        self.pairs = [(str(a), str(b)) for a, b in pairs]
+        self.layers = [int(x) for x in layers]
+        self.directions = torch.as_tensor(directions, dtype=torch.float32)
+        self.midpoints = torch.as_tensor(midpoints, dtype=torch.float32)
+        expect = (len(self.pairs), len(self.layers))
+        if self.directions.shape[:2] != expect or self.midpoints.shape != self.directions.shape:
+            raise ValueError(f"directions and midpoints must be [P, nL, D] with P, nL = {expect}")
+        self.chosen = {k: [int(x) for x in v] for k, v in (chosen or {}).items()}
+        self.calibrators = dict(calibrators or {})
+        self.score_kind = score_kind
+        self.meta = dict(meta or {})
+        self.fit_report = fit_report or {}
+
+    # -------------------------------------------------------------- basics
+    @property
+    def names(self) -> list[str]:
+        return [f"{a}_vs_{b}" for a, b in self.pairs]
+
+    @property
+    def offsets(self) -> torch.Tensor:
+        """``[P, nL]``: ``midpoint . direction``, subtracted from a projection to centre it."""
+        return (self.midpoints.double() * self.directions.double()).sum(-1)
+
+    def scoring_layers(self) -> list[int]:
+        """The union of the chosen layers, sorted: what :meth:`score` computes (up to the deepest)."""
+        if not self.chosen:
+            raise RuntimeError("this probe has no chosen layers yet (fit it first)")
+        return sorted({x for v in self.chosen.values() for x in v})
+
+    def directions_for(self, layers) -> torch.Tensor:
+        """``[len(layers), P, D]``: every pair's direction at each of ``layers``, for :func:`emofast.project`."""
+        idx = [self.layers.index(x) for x in layers]
+        return self.directions[:, idx].transpose(0, 1).contiguous()
+
+    def extraction(self) -> dict:
+        """Keyword arguments of :func:`emofast.extract` that reproduce how the probe's vectors were taken."""
+        return {k: self.meta[k] for k in ("position", "chat_template", "system_prompt")}
+
+    # -------------------------------------------------------------- scores
+    def layer_scores(self, proj: torch.Tensor, norms: torch.Tensor, layers, kind: str | None = None) -> np.ndarray:
+        """Per-layer scores ``[N, len(layers), P]`` from :func:`emofast.project` output over ``layers``."""
+        kind = kind or self.score_kind
+        idx = [self.layers.index(x) for x in layers]
+        proj = proj.double()
+        if kind == "centered":
+            s = proj - self.offsets[:, idx].T[None]
+        elif kind == "cosine":
+            s = proj / norms.double().clamp(min=1e-12)[..., None]
+        else:
+            raise ValueError(f"score {kind!r}: expected one of {', '.join(SCORES)}")
+        return s.numpy()
+
+    def band_scores(self, layer_scores: np.ndarray, layers, chosen: dict | None = None) -> np.ndarray:
+        """``[N, P]``: each pair's score averaged over its chosen layers."""
+        chosen = chosen or self.chosen
+        pos = {x: i for i, x in enumerate(layers)}
+        out = np.empty((layer_scores.shape[0], len(self.pairs)))
+        for p, name in enumerate(self.names):
+            out[:, p] = layer_scores[:, [pos[x] for x in chosen[name]], p].mean(axis=1)
+        return out
+
+    def probabilities(self, band: np.ndarray) -> np.ndarray:
+        """``[N, P]`` calibrated ``p_left`` from :meth:`band_scores`."""
+        return np.stack([self.calibrators[n](band[:, p]) for p, n in enumerate(self.names)], axis=1)
+
+    def column_names(self) -> list[str]:
+        """Names of the columns :meth:`score` returns, in order."""
+        cols = side_columns(self.pairs)
+        return [c for name in self.names for c in (name, *cols[name])]
+
+    def score(
+        self, model, tokenizer, texts, *, batch_size=None, max_tokens=None, progress=False, stats: dict | None = None
+    ) -> dict:
+        """Score texts: per pair ``P`` the raw signed score and the calibrated probabilities of each side.
+
+        Only the layers up to the deepest chosen layer are computed.
+
+        Returns:
+            ``{P: [N] raw score (positive = left), "p_<left>": [N], "p_<right>": [N], ...}``: numpy arrays in
+            input order, columns in pair order (see :func:`side_columns` for shared side names). ``stats``, if a
+            dict, receives the pass's ``texts``, ``tokens`` and ``seconds``.
+        """
+        from .api import project
+
+        layers = self.scoring_layers()
+        proj, norms = project(
+            model,
+            tokenizer,
+            texts,
+            self.directions_for(layers),
+            layers=layers,
+            batch_size=batch_size,
+            max_tokens=max_tokens,
+            progress=progress,
+            **self.extraction(),
+        )
+        return self.columns(proj, norms, layers)
+
+    def columns(self, proj, norms, layers) -> dict:
+        """Output columns (see :meth:`score`) from projections over ``layers``."""
+        band = self.band_scores(self.layer_scores(proj, norms, layers), layers)
+        p_left = self.probabilities(band)
+        cols = side_columns(self.pairs)
+        out = {}
+        for p, name in enumerate(self.names):
+            out[name] = band[:, p].astype(np.float32)
+            out[cols[name][0]] = p_left[:, p]
+            out[cols[name][1]] = 1.0 - p_left[:, p]
+        return out
+
+    # -------------------------------------------------------------- fitting
+    @classmethod
+    def fit(
+        cls,
+        model,
+        tokenizer,
+        data: PairedDataset,
+        *,
+        method: str = DEFAULT_METHOD,
+        policy: str = DEFAULT_POLICY,
+        width: int = DEFAULT_WIDTH,
+        score: str = "centered",
+        calibration: str = "platt",
+        position="last",
+        chat_template="auto",
+        system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+        layers=None,
+        batch_size=None,
+        max_tokens=None,
+        progress: bool = False,
+    ) -> PairedProbe:
+        """Fit on ``data``'s train split (directions) and val split (layers, calibration).
+
+        Args:
+            model, tokenizer: as for :func:`emofast.extract`.
+            data: a :class:`~emofast.data.PairedDataset` with train and val splits.
+            method: ``mean-diff`` (streamed), ``lda`` or ``logreg`` (these two hold the train rows).
+            policy, width: see :mod:`emofast.layer_policy`.
+            score: ``centered`` or ``cosine``.
+            calibration: ``platt`` or ``temperature``.
+            position, chat_template, system_prompt: how vectors are taken; ``chat_template="auto"`` uses the
+                template when the tokenizer has one (and then the system prompt), plain texts otherwise.
+            layers: candidate layers (default all ``0..L``).
+        """
+        from .api import project
+
+        probe = cls.fit_directions(
+            model,
+            tokenizer,
+            data,
+            method=method,
+            score=score,
+            position=position,
+            chat_template=chat_template,
+            system_prompt=system_prompt,
+            layers=layers,
+            batch_size=batch_size,
+            max_tokens=max_tokens,
+            progress=progress,
+        )
+        val = SplitIndex.of(data, "val")
+        proj, norms = project(
+            model,
+            tokenizer,
+            val.texts,
+            probe.directions_for(probe.layers),
+            layers=probe.layers,
+            batch_size=batch_size,
+            max_tokens=max_tokens,
+            progress=progress,
+            **probe.extraction(),
+        )
+        probe.select_and_calibrate(
+            probe.layer_scores(proj, norms, probe.layers), val, policy=policy, width=width, calibration=calibration
+        )
+        return probe
+
+    @classmethod
+    def fit_directions(
+        cls,
+        model,
+        tokenizer,
+        data: PairedDataset,
+        *,
+        method=DEFAULT_METHOD,
+        score="centered",
+        position="last",
+        chat_template="auto",
+        system_prompt=DEFAULT_SYSTEM_PROMPT,
+        layers=None,
+        batch_size=None,
+        max_tokens=None,
+        progress=False,
+        shuffle_seed: int | None = None,
+    ):
+        """Directions and midpoints from the train split (no layer choice, no calibration yet).
+
+        ``shuffle_seed`` permutes the side labels within each pair before fitting: the shuffled-label
+        baseline, whose accuracy shows chance level.
+        """
+        from .api import accumulate, extract
+        from .models import model_id, resolve_layout
+
+        if method not in METHODS:
+            raise ValueError(f"direction method {method!r}: expected one of {', '.join(METHODS)}")
+        if chat_template == "auto":
+            chat_template = getattr(tokenizer, "chat_template", None) is not None
+        if not chat_template:
+            system_prompt = None
+        ex = {"position": position, "chat_template": bool(chat_template), "system_prompt": system_prompt}
+        n_layers = resolve_layout(model).num_layers
+        layers = list(range(n_layers + 1)) if layers is None else [int(x) % (n_layers + 1) for x in layers]
+        train = SplitIndex.of(data, "train")
+        y = train.y.copy()
+        if shuffle_seed is not None:
+            rng = np.random.default_rng(shuffle_seed)
+            for p in range(len(data.pairs)):
+                idx = train.of_pair(p)
+                y[idx] = rng.permutation(y[idx])
+        names = [p.name for p in data.pairs]
+        labels = [f"{names[p]}|{'L' if side else 'R'}" for p, side in zip(train.pair, y)]
+        label_names = [f"{n}|{s}" for n in names for s in "LR"]
+        kw = {"layers": layers, "batch_size": batch_size, "max_tokens": max_tokens, "progress": progress, **ex}
+        dirs, mids = [], []
+        if method == "mean-diff":
+            acc = accumulate(model, tokenizer, train.texts, labels, label_names=label_names, **kw)
+            for n in names:
+                mu_l, mu_r = acc.mean(f"{n}|L"), acc.mean(f"{n}|R")
+                dirs.append(mean_diff(mu_l, mu_r))
+                mids.append(((mu_l + mu_r) / 2).float())
+        else:
+            rows = extract(model, tokenizer, train.texts, **kw)
+            fn = shrinkage_lda if method == "lda" else logistic
+            for p in range(len(names)):
+                idx = train.of_pair(p)
+                left, right = rows[idx[y[idx] == 1]], rows[idx[y[idx] == 0]]
+                dirs.append(fn(left, right))
+                mids.append(((left.double().mean(0) + right.double().mean(0)) / 2).float())
+        meta = {
+            "model": model_id(model),
+            "model_revision": getattr(getattr(model, "config", None), "_commit_hash", None),
+            "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+            "template_sha256": _template_hash(tokenizer) if chat_template else None,
+            **ex,
+            "method": method,
+            "score": score,
+            "dataset": {"root": data.root, "sha256": data.hashes, "counts": data.counts()},
+            "shuffled_labels_seed": shuffle_seed,
+            "emofast_version": __version__,
+        }
+        pairs = [(p.left, p.right) for p in data.pairs]
+        return cls(pairs, layers, torch.stack(dirs), torch.stack(mids), score_kind=score, meta=meta)
+
+    def select_and_calibrate(
+        self,
+        val_scores: np.ndarray,
+        val: SplitIndex,
+        *,
+        policy=DEFAULT_POLICY,
+        width=DEFAULT_WIDTH,
+        calibration="platt",
+    ) -> None:
+        """Choose layers and fit calibrators from validation scores ``[N_val, nL, P]`` (all candidate layers)."""
+        if calibration not in CALIBRATIONS:
+            raise ValueError(f"calibration {calibration!r}: expected one of {', '.join(CALIBRATIONS)}")
+        per_pair = {}
+        for p, name in enumerate(self.names):
+            idx = val.of_pair(p)
+            per_pair[name] = (val_scores[idx, :, p], val.y[idx])
+        self.chosen, table = choose_layers(per_pair, self.layers, policy=policy, width=width)
+        band = self.band_scores(val_scores, self.layers)
+        cal_report = {}
+        for p, name in enumerate(self.names):
+            idx = val.of_pair(p)
+            fits = {
+                "platt": fit_platt(band[idx, p], val.y[idx]),
+                "temperature": fit_temperature(band[idx, p], val.y[idx]),
+            }
+            self.calibrators[name] = fits[calibration]
+            cal_report[name] = {
+                "fits": {k: c.to_dict() for k, c in fits.items()},
+                "val": calibration_report(val.y[idx], band[idx, p], fits),
+            }
+        self.meta.update({"layer_policy": policy, "band_width": table["width"], "calibration_method": calibration})
+        self.fit_report = {"selection": table, "calibration": cal_report}
+
+    def swapped(self) -> PairedProbe:
+        """The mirrored probe: every pair's sides exchanged (directions negated, calibration mirrored)."""
+        pairs = [(b, a) for a, b in self.pairs]
+        rename = {f"{a}_vs_{b}": f"{b}_vs_{a}" for a, b in self.pairs}
+        return PairedProbe(
+            pairs,
+            self.layers,
+            -self.directions,
+            self.midpoints,
+            {rename[k]: v for k, v in self.chosen.items()},
+            {rename[k]: c.swapped() for k, c in self.calibrators.items()},
+            score_kind=self.score_kind,
+            meta=self.meta,
+        )
+
+    # -------------------------------------------------------------- saving
+    def save(self, path) -> Path:
+        """Write ``probe.safetensors`` (tensors and everything needed to score) and ``probe.json`` (readable
+        description) into the folder ``path``. Files are written to temporaries and renamed."""
+        from safetensors.torch import save_file
+
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        spec = self._spec()
+        tensors = {"directions": self.directions.contiguous(), "midpoints": self.midpoints.contiguous()}
+        tmp = folder / (PROBE_FILE + ".tmp")
+        save_file(tensors, str(tmp), metadata={"emofast": "paired-probe", "spec": json.dumps(spec, sort_keys=True)})
+        tmp.replace(folder / PROBE_FILE)
+        _write_json(folder / PROBE_JSON, spec)
+        return folder
+
+    def _spec(self) -> dict:
+        return {
+            "format": 1,
+            "pairs": [list(p) for p in self.pairs],
+            "layers": self.layers,
+            "chosen_layers": self.chosen,
+            "calibration": {k: c.to_dict() for k, c in self.calibrators.items()},
+            "score": self.score_kind,
+            "hidden_size": int(self.directions.shape[-1]),
+            **{k: v for k, v in self.meta.items() if k != "score"},
+        }
+
+    @classmethod
+    def load(cls, path) -> PairedProbe:
+        """Load from a run folder (or the ``probe.safetensors`` file itself)."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        file = path / PROBE_FILE if path.is_dir() else path
+        if not file.is_file():
+            raise FileNotFoundError(f"{file}: no probe here (expected a run folder holding {PROBE_FILE})")
+        with safe_open(str(file), framework="pt") as f:
+            header = f.metadata() or {}
+            if header.get("emofast") != "paired-probe":
+                raise ValueError(f"{file}: not an emofast probe file")
+            spec = json.loads(header["spec"])
+            directions, midpoints = f.get_tensor("directions"), f.get_tensor("midpoints")
+        meta = {
+            k: v
+            for k, v in spec.items()
+            if k not in ("format", "pairs", "layers", "chosen_layers", "calibration", "hidden_size")
+        }
+        return cls(
+            spec["pairs"],
+            spec["layers"],
+            directions,
+            midpoints,
+            spec["chosen_layers"],
+            {k: Calibrator.from_dict(v) for k, v in spec["calibration"].items()},
+            score_kind=spec["score"],
+            meta=meta,
+        )
+
+    def __repr__(self) -> str:
+        chosen = {k: (v[0], v[-1]) for k, v in self.chosen.items()}
+        return f"PairedProbe(pairs={self.names}, score={self.score_kind!r}, chosen={chosen})"
+
+
+def load_probe(path) -> PairedProbe:
+    """Load a :class:`PairedProbe` saved by ``emofast run`` or :meth:`PairedProbe.save`."""
+    return PairedProbe.load(path)
+
+
+def _template_hash(tokenizer) -> str | None:
+    tpl = getattr(tokenizer, "chat_template", None)
+    if tpl is None:
+        return None
+    return hashlib.sha256(str(tpl).encode()).hexdigest()
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    tmp.replace(path)

