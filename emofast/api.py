@@ -9,18 +9,21 @@ import torch
 
 from .accumulator import Accumulator
 from .engine import Options, normalize_layers, resolve_position, run_pass
-from .models import model_id, resolve_layout
+from .models import model_id, num_layers, resolve_layout
 from .reducers import ClassSumReducer, ProjectionReducer, RowsReducer
 
-__all__ = ["extract", "accumulate", "project"]
+__all__ = ["extract", "accumulate", "accumulate_sets", "project"]
 
 
 def _options(
     model, layers, position, chat_template, system_prompt, batch_size, progress, blocks, final_norm, **extra
 ) -> Options:
-    layout = resolve_layout(model, blocks=blocks, final_norm=final_norm)
+    if _backend(model) is None:
+        n_layers = resolve_layout(model, blocks=blocks, final_norm=final_norm).num_layers
+    else:
+        n_layers = num_layers(model)
     return Options(
-        layers=normalize_layers(layers, layout.num_layers),
+        layers=normalize_layers(layers, n_layers),
         position=resolve_position(position),
         chat_template=chat_template,
         system_prompt=system_prompt,
@@ -53,6 +56,7 @@ def extract(
     final_norm="auto",
     deterministic: bool = False,
     stats: dict | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Hidden states of each text at one token position (or the mean), for the chosen layers.
 
@@ -79,7 +83,10 @@ def extract(
             tokens (with a warning).
         blocks, final_norm: where the block list and final norm are, for models emofast cannot map itself.
         deterministic: bit-reproducible reductions on GPU (no atomics).
-        stats: a dict to receive the pass's ``texts``, ``tokens``, ``padded_tokens`` and ``seconds``.
+        stats: a dict to receive the pass's ``texts``, ``tokens``, ``padded_tokens``, ``seconds`` and ``index``
+            (the input positions it ran).
+        shard: ``(rank, world_size)``: run only every ``world_size``-th batch of the length-sorted plan (data
+            parallelism, see :mod:`emofast.distributed`); rows of the other batches are left unset.
 
     Returns:
         ``[N, len(layers), D]`` float32 on the CPU, rows in input order.
@@ -104,6 +111,7 @@ def extract(
         share_prefix=share_prefix,
         truncate=truncate,
         deterministic=deterministic,
+        shard=shard,
         desc="extract",
     )
     reducer = RowsReducer(deterministic=deterministic)
@@ -121,6 +129,7 @@ def _run(model, tokenizer, texts, reducer, opts, blocks, final_norm, stats):
         result = run_pass(model, tokenizer, texts, reducer, opts, blocks=blocks, final_norm=final_norm)
     if stats is not None:
         stats.update(result.as_dict())
+    return result
 
 
 def _hidden_size(model) -> int:
@@ -174,6 +183,7 @@ def accumulate(
     final_norm="auto",
     deterministic: bool = False,
     stats: dict | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> Accumulator:
     """Per-label, per-layer sums and counts of the texts' vectors, without holding the per-text rows.
 
@@ -192,8 +202,65 @@ def accumulate(
         >>> acc = emofast.accumulate(model, tok, ["so sad", "so happy"], ["sad", "happy"])   # doctest: +SKIP
         >>> direction = acc.mean("sad") - acc.mean("happy")                                # doctest: +SKIP
     """
+    kw = dict(
+        layers=layers,
+        position=position,
+        chat_template=chat_template,
+        system_prompt=system_prompt,
+        batch_size=batch_size,
+        progress=progress,
+        max_tokens=max_tokens,
+        share_prefix=share_prefix,
+        truncate=truncate,
+        blocks=blocks,
+        final_norm=final_norm,
+        deterministic=deterministic,
+        stats=stats,
+        shard=shard,
+    )
+    return accumulate_sets(model, tokenizer, texts, [labels], label_names=label_names, **kw)[0]
+
+
+def accumulate_sets(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    label_sets: Sequence[Sequence],
+    *,
+    label_names: Sequence[str] | None = None,
+    layers=None,
+    position="last",
+    chat_template: bool = False,
+    system_prompt: str | None = None,
+    batch_size: int | None = None,
+    progress: bool = False,
+    max_tokens: int | None = None,
+    share_prefix: bool | None = None,
+    truncate: bool = False,
+    blocks=None,
+    final_norm="auto",
+    deterministic: bool = False,
+    stats: dict | None = None,
+    shard: tuple[int, int] | None = None,
+) -> list[Accumulator]:
+    """Several labelings of the same texts accumulated in one pass (e.g. real and shuffled sides).
+
+    Args:
+        label_sets: ``S`` sequences of one label per text; every set uses ``label_names`` (default: the first
+            set's labels in order of first appearance), so the sets must share their label names.
+        (the rest as in :func:`accumulate`)
+
+    Returns:
+        ``S`` :class:`~emofast.Accumulator`, one per label set.
+
+    Example:
+        >>> real, shuffled = accumulate_sets(model, tok, texts, [labels, perm])  # doctest: +SKIP
+    """
     texts = list(texts)
-    ids, names = _label_ids(labels, len(texts), label_names)
+    if not label_sets:
+        raise ValueError("label_sets is empty")
+    ids, names = _label_ids(label_sets[0], len(texts), label_names)
+    all_ids = [ids] + [_label_ids(ls, len(texts), names)[0] for ls in label_sets[1:]]
     opts = _options(
         model,
         layers,
@@ -208,22 +275,31 @@ def accumulate(
         share_prefix=share_prefix,
         truncate=truncate,
         deterministic=deterministic,
+        shard=shard,
         desc="accumulate",
     )
-    reducer = ClassSumReducer(ids, len(names), deterministic=deterministic)
-    _run(model, tokenizer, texts, reducer, opts, blocks, final_norm, stats)
-    d = _hidden_size(model)
-    sums = (
-        reducer.sums if reducer.sums is not None else torch.zeros(len(names), len(opts.layers), d, dtype=torch.float64)
-    )
-    counts = torch.as_tensor(np.bincount(ids, minlength=len(names)), dtype=torch.int64)
+    reducer = ClassSumReducer(np.stack(all_ids), len(names), deterministic=deterministic)
+    ran = _run(model, tokenizer, texts, reducer, opts, blocks, final_norm, stats).index  # all but sharded passes
+    c, n_layers = len(names), len(opts.layers)
+    sums = reducer.sums
+    if sums is None:
+        sums = torch.zeros(len(all_ids) * c, n_layers, _hidden_size(model), dtype=torch.float64)
     meta = {
         "model": model_id(model),
         "position": opts.position,
         "chat_template": chat_template,
         "system_prompt": system_prompt,
     }
-    return Accumulator(names, opts.layers, sums, counts, meta)
+    return [
+        Accumulator(
+            names,
+            opts.layers,
+            sums[s * c : (s + 1) * c].clone(),
+            torch.as_tensor(np.bincount(set_ids[ran], minlength=c), dtype=torch.int64),
+            meta,
+        )
+        for s, set_ids in enumerate(all_ids)
+    ]
 
 
 def project(
@@ -245,6 +321,7 @@ def project(
     final_norm="auto",
     deterministic: bool = False,
     stats: dict | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Projections of each text's vector on per-layer directions, and the vectors' norms.
 
@@ -276,6 +353,7 @@ def project(
         share_prefix=share_prefix,
         truncate=truncate,
         deterministic=deterministic,
+        shard=shard,
         desc="score",
     )
     directions = torch.as_tensor(directions)

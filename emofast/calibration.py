@@ -6,7 +6,8 @@ minimising the negative log-likelihood with L-BFGS (analytic gradients; both pro
 As in Platt (1999), the 0/1 labels are replaced by the targets ``(N_left + 1) / (N_left + 2)`` and
 ``1 / (N_right + 2)``: on separable validation scores the plain NLL has no minimum (``a`` grows without bound and
 every probability becomes 0 or 1), while the smoothed targets keep the fit finite and the percentages honest.
-``smooth=False`` fits the plain labels.
+``smooth=False`` fits the plain labels. The slope is kept non-negative: a direction that reads the val split
+backwards must show as a poor fit, not be turned around silently by the calibration.
 """
 
 from __future__ import annotations
@@ -120,6 +121,7 @@ def _fit(score, y, with_bias: bool, smooth: bool) -> tuple[float, float]:
         args=(s, y, with_bias),
         jac=True,
         method="L-BFGS-B",
+        bounds=[(0.0, None), (None, None)] if with_bias else [(0.0, None)],
         options={"maxiter": 1000, "gtol": 1e-10, "ftol": 1e-15},
     )
     a = float(res.x[0])

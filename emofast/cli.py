@@ -76,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--calibration", default="platt", choices=["platt", "temperature"])
     r.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--shuffled", type=int, default=3, help="shuffled-label baselines (chance level); 0 for none")
     r.add_argument("--no-report", action="store_true", help="skip report.html")
 
     s = sub.add_parser("score", help="score texts (a file or a folder of shards) against a fitted probe")
@@ -101,21 +102,6 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _distributed():
-    """(rank, world_size, barrier) under torchrun, else (0, 1, None)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 1, None
-    import torch
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend)
-    return dist.get_rank(), dist.get_world_size(), dist.barrier
-
-
 def _load(args, name: str):
     from .models import load_model
 
@@ -138,9 +124,11 @@ def _system_prompt(args):
 
 
 def cmd_run(args) -> int:
+    from .distributed import runner_from_env
     from .workflow import profile_table, run
 
-    rank, world, _ = _distributed()
+    runner = runner_from_env()
+    rank = runner.rank
     kwargs = dict(
         pairs=args.pair,
         config=args.config,
@@ -157,10 +145,14 @@ def cmd_run(args) -> int:
         max_tokens=args.max_tokens,
         n_boot=args.n_boot,
         seed=args.seed,
+        shuffled=args.shuffled,
         progress=not args.no_progress and rank == 0,
+        report=not args.no_report,
     )
     model, tok = _load(args, args.model)
-    res = run(model, args.pairs, args.out, tokenizer=tok, model_name=args.model, **kwargs)
+    res = run(model, args.pairs, args.out, tokenizer=tok, model_name=args.model, runner=runner, **kwargs)
+    if res is None:  # not rank 0
+        return 0
     s = res.metrics["summary"]
     print(f"\nemofast run: {res.probe.meta['model']} -> {res.out}")
     print(
@@ -173,9 +165,10 @@ def cmd_run(args) -> int:
 
 def cmd_score(args) -> int:
     from .corpus import score_corpus
+    from .distributed import runner_from_env
     from .probe import load_probe
 
-    rank, world, barrier = _distributed()
+    runner = runner_from_env()
     probe = load_probe(args.probe)
     name = args.model or probe.meta.get("model_load") or probe.meta["model"]
     model, tok = _load(args, name)
@@ -190,11 +183,11 @@ def cmd_score(args) -> int:
         max_tokens=args.max_tokens,
         strict=args.strict,
         progress=not args.no_progress,
-        rank=rank,
-        world_size=world,
-        barrier=barrier,
+        rank=runner.rank,
+        world_size=runner.world_size,
+        barrier=runner.barrier,
     )
-    if rank == 0:
+    if runner.rank == 0:
         print(summary.line())
     return 0
 

@@ -28,13 +28,27 @@ def normalize(v: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return torch.where(n > eps, v / n.clamp(min=eps), torch.zeros_like(v))
 
 
+# A mean difference below this fraction of the means' norm is float noise (the activations are fp32 or less):
+# e.g. layer 0 at the last position of a chat template, the same token for every text. It gives a zero
+# direction rather than a unit vector of rounding noise.
+REL_TOL = 1e-5
+
+
+def _negligible(diff: torch.Tensor, mu_left: torch.Tensor, mu_right: torch.Tensor) -> torch.Tensor:
+    scale = torch.maximum(mu_left.norm(dim=-1), mu_right.norm(dim=-1))
+    return diff.norm(dim=-1) <= REL_TOL * scale
+
+
 def mean_diff(mu_left: torch.Tensor, mu_right: torch.Tensor) -> torch.Tensor:
-    """``normalize(mu_left - mu_right)`` per layer: ``[nL, D]`` -> ``[nL, D]``.
+    """``normalize(mu_left - mu_right)`` per layer: ``[nL, D]`` -> ``[nL, D]`` (zero where negligible).
 
     >>> mean_diff(torch.tensor([[3.0, 4.0]]), torch.tensor([[0.0, 0.0]])).tolist()
     [[0.6, 0.8]]
     """
-    return normalize(mu_left.double() - mu_right.double()).float()
+    a, b = mu_left.double(), mu_right.double()
+    diff = a - b
+    diff[_negligible(diff, a, b)] = 0.0
+    return normalize(diff).float()
 
 
 def ledoit_wolf_shrinkage(xc: np.ndarray) -> float:
@@ -54,12 +68,16 @@ def ledoit_wolf_shrinkage(xc: np.ndarray) -> float:
     return float(min(max(b2 / d2, 0.0), 1.0))
 
 
+def _no_difference(mu_l: np.ndarray, mu_r: np.ndarray) -> bool:
+    return np.linalg.norm(mu_l - mu_r) <= REL_TOL * max(np.linalg.norm(mu_l), np.linalg.norm(mu_r))
+
+
 def _lda_one(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     mu_l, mu_r = left.mean(0), right.mean(0)
     v = mu_l - mu_r
     xc = np.concatenate([left - mu_l, right - mu_r])  # [N, D]
     n, d = xc.shape
-    if not np.any(v):
+    if _no_difference(mu_l, mu_r):
         return np.zeros(d)
     g = ledoit_wolf_shrinkage(xc)
     nu = (xc**2).sum() / n / d
@@ -87,7 +105,7 @@ def _logreg_one(left: np.ndarray, right: np.ndarray, l2: float) -> np.ndarray:
     x = x / scale
     y = np.concatenate([np.ones(len(left)), np.zeros(len(right))])
     n, d = x.shape
-    if not np.any(left.mean(0) - right.mean(0)):
+    if _no_difference(left.mean(0), right.mean(0)):
         return np.zeros(d)
 
     def f(params):

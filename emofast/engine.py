@@ -24,7 +24,7 @@ import time
 import warnings
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -58,6 +58,7 @@ class Options:
     progress: bool = False
     deterministic: bool = False
     desc: str = "emofast"
+    shard: tuple[int, int] | None = None  # (rank, world_size): run only batches j with j % world_size == rank
 
 
 def normalize_layers(layers, num_layers: int) -> list[int]:
@@ -380,12 +381,14 @@ _OOM_CAP: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 @dataclass
 class PassStats:
-    """What one pass did: texts, real (unpadded) tokens, padded tokens the model ran, wall seconds."""
+    """What one pass did: texts, real (unpadded) tokens, padded tokens the model ran, wall seconds, and the
+    input positions of the texts it ran (all of them, unless the pass was sharded)."""
 
     texts: int = 0
     tokens: int = 0
     padded_tokens: int = 0
     seconds: float = 0.0
+    index: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def as_dict(self) -> dict:
         return {
@@ -393,6 +396,7 @@ class PassStats:
             "tokens": self.tokens,
             "padded_tokens": self.padded_tokens,
             "seconds": self.seconds,
+            "index": self.index,
         }
 
 
@@ -404,7 +408,9 @@ def run_pass(model, tokenizer, texts, reducer, opts: Options, *, blocks=None, fi
     and ``end(batch)``, which returns ``(slot, tensor)`` pairs to check for non-finite values.
 
     On an out-of-memory error the batch is halved and retried; later batches, and later passes on the same
-    model, keep the smaller size.
+    model, keep the smaller size. With ``opts.shard = (rank, world_size)`` only every ``world_size``-th batch
+    of the full, length-sorted plan runs: each text is then computed with exactly the companions and padding
+    of a single-process pass, so data-parallel results equal single-process ones.
     """
     layout = resolve_layout(model, blocks=blocks, final_norm=final_norm)
     texts = check_texts(texts)
@@ -430,7 +436,10 @@ def run_pass(model, tokenizer, texts, reducer, opts: Options, *, blocks=None, fi
     try:
         with torch.inference_mode():
             state = _Pass(model, layout, encodings, lengths, reducer, opts, position, _pad_id(tokenizer), device)
-            for planned in plan_batches(lengths, batch_size, opts.max_tokens):
+            done = []
+            for j, planned in enumerate(plan_batches(lengths, batch_size, opts.max_tokens)):
+                if opts.shard is not None and j % opts.shard[1] != opts.shard[0]:
+                    continue
                 pending = [planned]
                 while pending:
                     idx = pending.pop(0)
@@ -454,6 +463,7 @@ def run_pass(model, tokenizer, texts, reducer, opts: Options, *, blocks=None, fi
                         pending[:0] = [idx[:cap], idx[cap:]]
                         continue
                     done_tokens += int(lengths[idx].sum())
+                    done.append(idx)
                     if bar is not None:
                         bar.update(len(idx))
                         rate = done_tokens / max(time.perf_counter() - t0, 1e-9)
@@ -463,7 +473,8 @@ def run_pass(model, tokenizer, texts, reducer, opts: Options, *, blocks=None, fi
             bar.close()
         if was_training:
             model.train()
-    stats.texts, stats.tokens, stats.seconds = len(texts), done_tokens, time.perf_counter() - t0
+    stats.index = np.concatenate(done) if done else np.zeros(0, dtype=np.int64)
+    stats.texts, stats.tokens, stats.seconds = len(stats.index), done_tokens, time.perf_counter() - t0
     return stats
 
 

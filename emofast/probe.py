@@ -260,6 +260,7 @@ class PairedProbe:
         batch_size=None,
         max_tokens=None,
         progress: bool = False,
+        runner=None,
     ) -> PairedProbe:
         """Fit on ``data``'s train split (directions) and val split (layers, calibration).
 
@@ -273,9 +274,11 @@ class PairedProbe:
             position, chat_template, system_prompt: how vectors are taken; ``chat_template="auto"`` uses the
                 template when the tokenizer has one (and then the system prompt), plain texts otherwise.
             layers: candidate layers (default all ``0..L``).
+            runner: a :class:`emofast.distributed.ShardedRunner` to share the passes among ranks.
         """
-        from .api import project
+        from .distributed import Runner
 
+        runner = runner or Runner()
         probe = cls.fit_directions(
             model,
             tokenizer,
@@ -289,9 +292,10 @@ class PairedProbe:
             batch_size=batch_size,
             max_tokens=max_tokens,
             progress=progress,
+            runner=runner,
         )
         val = SplitIndex.of(data, "val")
-        proj, norms = project(
+        proj, norms = runner.project(
             model,
             tokenizer,
             val.texts,
@@ -308,7 +312,16 @@ class PairedProbe:
         return probe
 
     @classmethod
-    def fit_directions(
+    def fit_directions(cls, model, tokenizer, data: PairedDataset, **kwargs) -> PairedProbe:
+        """Directions and midpoints from the train split (no layer choice, no calibration yet).
+
+        Keyword arguments as in :meth:`fit` (``method``, ``score``, ``position``, ``chat_template``,
+        ``system_prompt``, ``layers``, ``batch_size``, ``max_tokens``, ``progress``, ``runner``).
+        """
+        return cls.fit_directions_and_baselines(model, tokenizer, data, shuffled=0, **kwargs)[0]
+
+    @classmethod
+    def fit_directions_and_baselines(
         cls,
         model,
         tokenizer,
@@ -323,16 +336,25 @@ class PairedProbe:
         batch_size=None,
         max_tokens=None,
         progress=False,
-        shuffle_seed: int | None = None,
+        shuffled: int = 0,
+        seed: int = 0,
+        runner=None,
     ):
-        """Directions and midpoints from the train split (no layer choice, no calibration yet).
+        """:meth:`fit_directions`, plus *shuffled-label baselines* fitted from the same pass.
 
-        ``shuffle_seed`` permutes the side labels within each pair before fitting: the shuffled-label
-        baseline, whose accuracy shows chance level.
+        Args:
+            shuffled: how many baselines: the side labels are permuted within each pair (seeds ``seed``,
+                ``seed + 1``, ...), so that their accuracy shows chance level.
+            runner: an :mod:`emofast.distributed` runner that shards the pass over ranks.
+            (the rest as in :meth:`fit`)
+
+        Returns:
+            ``(probe, [baseline probes])``.
         """
-        from .api import accumulate, extract
-        from .models import model_id, resolve_layout
+        from .distributed import Runner
+        from .models import model_dtype, model_id, num_layers
 
+        runner = runner or Runner()
         if method not in METHODS:
             raise ValueError(f"direction method {method!r}: expected one of {', '.join(METHODS)}")
         if chat_template == "auto":
@@ -340,48 +362,52 @@ class PairedProbe:
         if not chat_template:
             system_prompt = None
         ex = {"position": position, "chat_template": bool(chat_template), "system_prompt": system_prompt}
-        n_layers = resolve_layout(model).num_layers
+        n_layers = num_layers(model)
         layers = list(range(n_layers + 1)) if layers is None else [int(x) % (n_layers + 1) for x in layers]
         train = SplitIndex.of(data, "train")
-        y = train.y.copy()
-        if shuffle_seed is not None:
-            rng = np.random.default_rng(shuffle_seed)
+        labelings = [train.y]
+        for k in range(shuffled):
+            rng = np.random.default_rng(seed + k)
+            y = train.y.copy()
             for p in range(len(data.pairs)):
                 idx = train.of_pair(p)
                 y[idx] = rng.permutation(y[idx])
+            labelings.append(y)
         names = [p.name for p in data.pairs]
-        labels = [f"{names[p]}|{'L' if side else 'R'}" for p, side in zip(train.pair, y)]
-        label_names = [f"{n}|{s}" for n in names for s in "LR"]
         kw = {"layers": layers, "batch_size": batch_size, "max_tokens": max_tokens, "progress": progress, **ex}
-        dirs, mids = [], []
         if method == "mean-diff":
-            acc = accumulate(model, tokenizer, train.texts, labels, label_names=label_names, **kw)
-            for n in names:
-                mu_l, mu_r = acc.mean(f"{n}|L"), acc.mean(f"{n}|R")
-                dirs.append(mean_diff(mu_l, mu_r))
-                mids.append(((mu_l + mu_r) / 2).float())
+            label_names = [f"{n}|{s}" for n in names for s in "LR"]
+            sets = [[f"{names[p]}|{'L' if side else 'R'}" for p, side in zip(train.pair, y)] for y in labelings]
+            accs = runner.accumulate_sets(model, tokenizer, train.texts, sets, label_names=label_names, **kw)
+            fits = [_mean_diff_fit(acc, names) for acc in accs]
         else:
-            rows = extract(model, tokenizer, train.texts, **kw)
+            rows = runner.extract(model, tokenizer, train.texts, **kw)
             fn = shrinkage_lda if method == "lda" else logistic
-            for p in range(len(names)):
-                idx = train.of_pair(p)
-                left, right = rows[idx[y[idx] == 1]], rows[idx[y[idx] == 0]]
-                dirs.append(fn(left, right))
-                mids.append(((left.double().mean(0) + right.double().mean(0)) / 2).float())
+            fits = [_rows_fit(rows, train, y, fn) for y in labelings]
         meta = {
             "model": model_id(model),
             "model_revision": getattr(getattr(model, "config", None), "_commit_hash", None),
-            "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+            "dtype": str(model_dtype(model)).replace("torch.", ""),
             "template_sha256": _template_hash(tokenizer) if chat_template else None,
             **ex,
             "method": method,
             "score": score,
             "dataset": {"root": data.root, "sha256": data.hashes, "counts": data.counts()},
-            "shuffled_labels_seed": shuffle_seed,
             "emofast_version": __version__,
         }
         pairs = [(p.left, p.right) for p in data.pairs]
-        return cls(pairs, layers, torch.stack(dirs), torch.stack(mids), score_kind=score, meta=meta)
+        probes = [
+            cls(
+                pairs,
+                layers,
+                d,
+                m,
+                score_kind=score,
+                meta={**meta, "shuffled_labels_seed": None if k == 0 else seed + k - 1},
+            )
+            for k, (d, m) in enumerate(fits)
+        ]
+        return probes[0], probes[1:]
 
     def select_and_calibrate(
         self,
@@ -493,6 +519,25 @@ class PairedProbe:
     def __repr__(self) -> str:
         chosen = {k: (v[0], v[-1]) for k, v in self.chosen.items()}
         return f"PairedProbe(pairs={self.names}, score={self.score_kind!r}, chosen={chosen})"
+
+
+def _mean_diff_fit(acc, names):
+    dirs, mids = [], []
+    for n in names:
+        mu_l, mu_r = acc.mean(f"{n}|L"), acc.mean(f"{n}|R")
+        dirs.append(mean_diff(mu_l, mu_r))
+        mids.append(((mu_l + mu_r) / 2).float())
+    return torch.stack(dirs), torch.stack(mids)
+
+
+def _rows_fit(rows, train: SplitIndex, y: np.ndarray, fn):
+    dirs, mids = [], []
+    for p in range(int(train.pair.max()) + 1):
+        idx = train.of_pair(p)
+        left, right = rows[idx[y[idx] == 1]], rows[idx[y[idx] == 0]]
+        dirs.append(fn(left, right))
+        mids.append(((left.double().mean(0) + right.double().mean(0)) / 2).float())
+    return torch.stack(dirs), torch.stack(mids)
 
 
 def load_probe(path) -> PairedProbe:

@@ -76,10 +76,15 @@ class RowsReducer:
 
 
 class ClassSumReducer:
-    """Per-label sums ``[C, len(layers), D]`` (fp64, CPU) and counts ``[C]`` (``accumulate``)."""
+    """Per-label sums ``[S * C, len(layers), D]`` (fp64, CPU) for ``S`` label sets of ``C`` labels (``accumulate``).
+
+    ``label_ids`` is ``[N]`` (one label set) or ``[S, N]``: several labelings of the same texts (e.g. the real
+    sides and shuffled ones) accumulated in one pass; set ``s`` fills rows ``s * C .. s * C + C - 1``.
+    """
 
     def __init__(self, label_ids: np.ndarray, num_classes: int, deterministic: bool = False):
-        self.label_ids = torch.as_tensor(np.asarray(label_ids, dtype=np.int64))
+        ids = np.asarray(label_ids, dtype=np.int64)
+        self.label_ids = torch.as_tensor(np.atleast_2d(ids))  # [S, N]
         self.num_classes = num_classes
         self.deterministic = deterministic
         self.sums = None
@@ -96,15 +101,16 @@ class ClassSumReducer:
     def layer(self, slot, batch, sources):
         dev = sources["live"].device
         if dev not in self._seg_labels:
-            self._seg_labels[dev] = self.label_ids[torch.as_tensor(batch.index)].to(dev)
-        sums, _ = reduce_batch(
-            batch, sources, self.num_classes, seg_labels=self._seg_labels[dev], deterministic=self.deterministic
-        )
-        self._cur[slot] = sums
+            self._seg_labels[dev] = self.label_ids[:, torch.as_tensor(batch.index)].to(dev)
+        parts = [
+            reduce_batch(batch, sources, self.num_classes, seg_labels=labels, deterministic=self.deterministic)[0]
+            for labels in self._seg_labels[dev]
+        ]
+        self._cur[slot] = parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def end(self, batch):
         checks = sorted(self._cur.items())
-        part = torch.stack([t.cpu() for _, t in checks], dim=1).double()  # [C, nL, D]
+        part = torch.stack([t.cpu() for _, t in checks], dim=1).double()  # [S * C, nL, D]
         self.sums = part if self.sums is None else self.sums.add_(part)
         return checks
 

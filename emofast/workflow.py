@@ -14,9 +14,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .data import PairedDataset, load_pairs
-from .evaluation import evaluate_split, mirror_deviation, neutral_readings, per_layer_curves, profile_rows
+from .evaluation import (
+    cross_reading,
+    direction_cosines,
+    evaluate_split,
+    mirror_deviation,
+    neutral_readings,
+    per_layer_curves,
+    profile_rows,
+    reliability_curves,
+)
 from .probe import (
     DEFAULT_METHOD,
     DEFAULT_POLICY,
@@ -84,9 +94,12 @@ def run(
     max_tokens=None,
     n_boot: int = 1000,
     seed: int = 0,
+    shuffled: int = 3,
     progress: bool = False,
     data: PairedDataset | None = None,
-) -> RunResult:
+    runner=None,
+    report: bool = False,
+) -> RunResult | None:
     """Fit, evaluate and write a run folder.
 
     Args:
@@ -98,6 +111,10 @@ def run(
         method, policy, width, score, calibration, position, chat_template, system_prompt: see
             :meth:`PairedProbe.fit`.
         n_boot, seed: bootstrap resamples and seed of the confidence intervals.
+        shuffled: shuffled-label baselines fitted from the same pass (chance level; 0 for none).
+        runner: an :mod:`emofast.distributed` runner; under torchrun every rank calls :func:`run`, rank 0
+            writes the folder and the others return None.
+        report: also write ``report.html`` (:mod:`emofast.report`).
 
     Returns:
         A :class:`RunResult`. The folder holds ``probe.safetensors``, ``probe.json``, ``metrics.json``,
@@ -107,7 +124,7 @@ def run(
         >>> res = emofast.workflow.run("smollm2", out="runs/smollm2")   # doctest: +SKIP
         >>> res.metrics["summary"]["mean_balanced_accuracy"]              # doctest: +SKIP
     """
-    from .api import project
+    from .distributed import Runner
     from .models import load_model, model_id
 
     t0 = time.perf_counter()
@@ -125,8 +142,9 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     timing["load_s"] = time.perf_counter() - t0
 
+    runner = runner or Runner()
     t = time.perf_counter()
-    probe = PairedProbe.fit_directions(
+    probe, baselines = PairedProbe.fit_directions_and_baselines(
         model,
         tokenizer,
         data,
@@ -138,17 +156,23 @@ def run(
         batch_size=batch_size,
         max_tokens=max_tokens,
         progress=progress,
+        shuffled=shuffled,
+        seed=seed,
+        runner=runner,
     )
     timing["train_pass_s"] = time.perf_counter() - t
 
     splits = {s: SplitIndex.of(data, s) for s in ("train", "val", "test")}
     texts = splits["train"].texts + splits["val"].texts + splits["test"].texts + [t for _, t in data.neutral]
     t = time.perf_counter()
-    proj, norms = project(
+    # One projection pass for the probe and its shuffled-label baselines: K = P * (1 + shuffled) directions.
+    everyone = [probe, *baselines]
+    dirs = torch.cat([p.directions_for(probe.layers) for p in everyone], dim=1)
+    proj, norms = runner.project(
         model,
         tokenizer,
         texts,
-        probe.directions_for(probe.layers),
+        dirs,
         layers=probe.layers,
         batch_size=batch_size,
         max_tokens=max_tokens,
@@ -156,14 +180,24 @@ def run(
         **probe.extraction(),
     )
     timing["projection_pass_s"] = time.perf_counter() - t
+    if runner.rank != 0:
+        runner.barrier()
+        return None
     t = time.perf_counter()
     offsets, start = {}, 0
     for s in ("train", "val", "test", "neutral"):
         n = len(data.neutral) if s == "neutral" else len(splits[s].texts)
         offsets[s] = slice(start, start + n)
         start += n
-    scores = {kind: probe.layer_scores(proj, norms, probe.layers, kind) for kind in SCORES}
+    n_pairs = len(probe.pairs)
+    part = lambda k: proj[:, :, k * n_pairs : (k + 1) * n_pairs]  # noqa: E731
+    scores = {kind: probe.layer_scores(part(0), norms, probe.layers, kind) for kind in SCORES}
+    base_scores = [b.layer_scores(part(k + 1), norms, probe.layers) for k, b in enumerate(baselines)]
     metrics = _evaluate(probe, scores, offsets, splits, data, policy, width, calibration, n_boot, seed)
+    if baselines:
+        metrics["controls"]["shuffled_labels"] = _shuffled(
+            baselines, base_scores, offsets, splits, policy, width, calibration, n_boot, seed
+        )
     timing["statistics_s"] = time.perf_counter() - t
 
     probe.meta["model_source"] = _model_source(name)
@@ -178,9 +212,34 @@ def run(
     (out / "summary.md").write_text(summary_markdown(probe, metrics, profile), encoding="utf-8")
     timing["total_s"] = time.perf_counter() - t0
     timing["texts_projected"] = len(texts)
-    timing["texts_accumulated"] = len(splits["train"].texts)
+    timing["texts_in_train_pass"] = len(splits["train"].texts)
+    timing["ranks"] = runner.world_size
     _write_json(out / "timing.json", _round(timing, 2))
+    if report:
+        from .report import write_run_report
+
+        write_run_report(out)
+    runner.barrier()
     return RunResult(out, probe, metrics, profile)
+
+
+def _shuffled(baselines, base_scores, offsets, splits, policy, width, calibration, n_boot, seed) -> dict:
+    """The shuffled-label baselines: fitted, selected and calibrated exactly like the probe; chance level."""
+    per_seed = []
+    for b, sc in zip(baselines, base_scores):
+        b.select_and_calibrate(sc[offsets["val"]], splits["val"], policy=policy, width=width, calibration=calibration)
+        test = evaluate_split(b, sc[offsets["test"]], b.layers, splits["test"], n_boot=n_boot, seed=seed)
+        per_seed.append(
+            {n: (test[n]["balanced_accuracy"]["value"], test[n]["sign_accuracy"]["value"]) for n in b.names}
+        )
+    names = baselines[0].names
+    return {
+        "seeds": [b.meta["shuffled_labels_seed"] for b in baselines],
+        "balanced_accuracy": {n: [s[n][0] for s in per_seed] for n in names},
+        "sign_accuracy": {n: [s[n][1] for s in per_seed] for n in names},
+        "mean_balanced_accuracy": float(np.mean([s[n][0] for s in per_seed for n in names])),
+        "mean_sign_accuracy": float(np.mean([s[n][1] for s in per_seed for n in names])),
+    }
 
 
 def _model_source(name: str) -> str:
@@ -208,8 +267,12 @@ def _evaluate(probe, scores, offsets, splits, data, policy, width, calibration, 
         "selection": probe.fit_report["selection"],
         "calibration": probe.fit_report["calibration"],
         "curves": {
-            s: per_layer_curves(scores[main][offsets[s]], layers, splits[s], probe.names) for s in ("val", "test")
+            s: per_layer_curves(scores[main][offsets[s]], layers, splits[s], probe.names)
+            for s in ("train", "val", "test")
         },
+        "reliability_test": reliability_curves(probe, scores[main][offsets["test"]], layers, splits["test"]),
+        "cross_reading_test": cross_reading(probe, scores[main][offsets["test"]], layers, splits["test"]),
+        "direction_cosines": direction_cosines(probe),
     }
     neutral = None
     neutral_ids = [i for i, _ in data.neutral]

@@ -71,6 +71,7 @@ def ran(setup):
             "--n-boot",
             "200",
             "--no-progress",
+            "--no-report",
         ]
     )
     assert rc == 0
@@ -130,6 +131,7 @@ def test_same_inputs_same_numbers(setup, ran):
             "--n-boot",
             "200",
             "--no-progress",
+            "--no-report",
         ]
     )
     for name in ("metrics.json", "pairs.csv", "profile.csv", "probe.json"):
@@ -183,6 +185,7 @@ def test_polarity_swap_mirrors_every_number(setup, ran, tmp_path):
             "--n-boot",
             "200",
             "--no-progress",
+            "--no-report",
         ]
     )
     ma, mb = json.loads((ran / "metrics.json").read_text()), json.loads((out / "metrics.json").read_text())
