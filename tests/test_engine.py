@@ -383,3 +383,15 @@ def test_import_is_light():
         "bad = [m for m in ('triton', 'vllm', 'emofast._C') if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code2], check=True)
+
+
+def test_device_map_auto_loads_and_extracts(tok, tmp_path):
+    """``device_map="auto"`` (accelerate's placement; on this CPU-only machine everything lands on the CPU) goes
+    through the same engine: inputs follow the embedding's device, hooks reduce where each block runs."""
+    model = tiny.model("qwen2")
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    mapped, tok2 = emofast.load_model(str(tmp_path / "m"), device_map="auto")
+    got = emofast.extract(mapped, tok2, TEXTS, chat_template=True, system_prompt=SYSTEM)
+    ref = emofast.extract(model, tok, TEXTS, chat_template=True, system_prompt=SYSTEM)
+    assert (got - ref).abs().max() <= 1e-6
