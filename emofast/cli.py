@@ -127,7 +127,7 @@ def cmd_run(args) -> int:
     from .distributed import runner_from_env
     from .workflow import profile_table, run
 
-    runner = runner_from_env()
+    runner = runner_from_env(tensor_parallel=bool(args.tp_plan))
     rank = runner.rank
     kwargs = dict(
         pairs=args.pair,
@@ -168,7 +168,8 @@ def cmd_score(args) -> int:
     from .distributed import runner_from_env
     from .probe import load_probe
 
-    runner = runner_from_env()
+    tensor_parallel = bool(args.tp_plan)
+    runner = runner_from_env(tensor_parallel=tensor_parallel)
     probe = load_probe(args.probe)
     name = args.model or probe.meta.get("model_load") or probe.meta["model"]
     model, tok = _load(args, name)
@@ -183,9 +184,10 @@ def cmd_score(args) -> int:
         max_tokens=args.max_tokens,
         strict=args.strict,
         progress=not args.no_progress,
-        rank=runner.rank,
-        world_size=runner.world_size,
+        rank=0 if tensor_parallel else runner.rank,
+        world_size=1 if tensor_parallel else runner.world_size,
         barrier=runner.barrier,
+        replica=tensor_parallel and runner.rank != 0,
     )
     if runner.rank == 0:
         print(summary.line())

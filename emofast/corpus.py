@@ -204,6 +204,7 @@ def score_corpus(
     barrier=None,
     probe_id: str | None = None,
     max_chunks: int | None = None,
+    replica: bool = False,
 ) -> ScoreSummary:
     """Score every text of ``input_path`` against ``probe`` into ``out``, resumably.
 
@@ -217,6 +218,9 @@ def score_corpus(
             before rank 0 writes the manifest).
         probe_id: identity of the probe for the checkpoint (default: a hash of its tensors and spec).
         max_chunks: stop after this many new chunks (for tests and benchmarks that simulate an interruption).
+        replica: a tensor-parallel peer of rank 0 (``tp_plan="auto"``): it scores the same chunks as rank 0, so
+            that the model's collectives pair up, reads rank 0's checkpoint to skip the same chunks, and writes
+            nothing.
 
     Returns:
         A :class:`ScoreSummary`.
@@ -237,6 +241,8 @@ def score_corpus(
         "chunk_size": chunk_size,
         "columns": columns,
     }
+    if replica:
+        rank, world_size, identity["world_size"] = 0, 1, 1
     ckpt = _Checkpoint(work / f"checkpoint-rank{rank}.json", identity)
     if ckpt.path.exists():
         ckpt.load(work)
@@ -247,7 +253,7 @@ def score_corpus(
     start, first = ([0, 1], 0) if world_size > 1 or not ckpt.chunks else (ckpt.resume, len(ckpt.chunks))
     total = count_records(input_path)
     bar = None
-    if progress and rank == 0:
+    if progress and rank == 0 and not replica:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, unit="text", desc="score", dynamic_ncols=True, smoothing=0.05)
@@ -270,6 +276,11 @@ def score_corpus(
             progress=False,
             stats=stats,
         )
+        if replica:
+            new_chunks += 1
+            if max_chunks is not None and new_chunks >= max_chunks:
+                break
+            continue
         table = pa.table(
             {
                 "id": pa.array([r.id for r in records], pa.string()),
@@ -305,7 +316,7 @@ def score_corpus(
     finished = max_chunks is None or new_chunks < max_chunks
     if barrier is not None:
         barrier()
-    if rank == 0 and finished:
+    if rank == 0 and finished and not replica:
         _finish(work, out if single else None, world_size)
     n_rows = sum(c["rows"] for c in ckpt.chunks)
     n_err = sum(c["errors"] for c in ckpt.chunks)

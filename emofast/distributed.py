@@ -8,6 +8,9 @@ same length-sorted batches as a single process would, runs every ``N``-th of the
 * projections are all-gathered and put back in input order, so the statistics equal a single-process run;
 * ``emofast score`` gives each rank every ``N``-th chunk and writes per-rank shards into one manifest.
 
+With ``--tp-plan auto`` (transformers' tensor parallelism, for models too big for one GPU) the ranks instead
+split each layer and run every batch together; nothing is sharded and rank 0 alone writes.
+
 :class:`Runner` is the single-process implementation of the three engine calls; :class:`ShardedRunner` the
 distributed one, with the same signatures.
 """
@@ -19,7 +22,7 @@ import os
 import numpy as np
 import torch
 
-__all__ = ["Runner", "ShardedRunner", "runner_from_env", "init_from_env"]
+__all__ = ["Runner", "ShardedRunner", "ReplicatedRunner", "runner_from_env", "init_from_env"]
 
 
 class Runner:
@@ -122,7 +125,26 @@ def init_from_env():
     return dist.get_rank(), dist.get_world_size()
 
 
-def runner_from_env() -> Runner:
-    """A :class:`ShardedRunner` under torchrun, else a plain :class:`Runner`."""
+class ReplicatedRunner(Runner):
+    """Tensor parallelism (``tp_plan="auto"``): every rank runs every batch in lockstep (the model's own
+    collectives split each layer), so nothing is sharded; only rank 0 writes."""
+
+    def __init__(self, group=None):
+        import torch.distributed as dist
+
+        self.dist = dist
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world_size = dist.get_world_size(group)
+
+    def barrier(self) -> None:
+        self.dist.barrier(group=self.group)
+
+
+def runner_from_env(tensor_parallel: bool = False) -> Runner:
+    """Under torchrun: a :class:`ShardedRunner` (data parallel) or, with ``tensor_parallel``, a
+    :class:`ReplicatedRunner`; otherwise a plain :class:`Runner`."""
     _, world = init_from_env()
-    return ShardedRunner() if world > 1 else Runner()
+    if world <= 1:
+        return Runner()
+    return ReplicatedRunner() if tensor_parallel else ShardedRunner()

@@ -321,3 +321,55 @@ def test_two_cpu_processes_on_gloo_equal_one(fitted, tmp_path, method, tol):
     assert got.column("id").to_pylist() == [f"doc{i}" for i in range(37)]
     for col, values in ref.items():
         assert np.allclose(got.column(col).to_numpy(), values, atol=1e-5), col
+
+
+def test_tensor_parallel_on_two_cpu_processes(fitted, tmp_path):
+    """``--tp-plan auto``: transformers splits every layer over the two gloo ranks (weights become DTensors);
+    both ranks run every batch, rank 0 writes; the numbers equal one process."""
+    base, probe, model, tok = fitted
+    common = [
+        "--model",
+        str(base / "model"),
+        "--pairs",
+        str(base / "data"),
+        "--width",
+        "2",
+        "--n-boot",
+        "50",
+        "--shuffled",
+        "0",
+        "--no-progress",
+        "--no-report",
+        "--method",
+        "mean-diff",
+    ]
+    assert main(["run", *common, "--out", str(tmp_path / "run1")]) == 0
+    _torchrun(["run", *common, "--tp-plan", "auto", "--out", str(tmp_path / "run2")], tmp_path)
+    single, tp = load_probe(tmp_path / "run1"), load_probe(tmp_path / "run2")
+    assert (tp.directions - single.directions).abs().max() <= 1e-4
+    assert tp.chosen == single.chosen
+    src = tmp_path / "in.jsonl"
+    write_jsonl(src, corpus_texts(23))
+    out = tmp_path / "scores.parquet"
+    _torchrun(
+        [
+            "score",
+            "--probe",
+            str(base / "run"),
+            "--input",
+            str(src),
+            "--out",
+            str(out),
+            "--chunk-size",
+            "10",
+            "--tp-plan",
+            "auto",
+            "--no-progress",
+        ],
+        tmp_path,
+    )
+    assert not (tmp_path / "scores.parquet.parts" / "checkpoint-rank1.json").exists()
+    got = pq.read_table(out)
+    ref = probe.score(model, tok, corpus_texts(23))
+    for col, values in ref.items():
+        assert np.allclose(got.column(col).to_numpy(), values, atol=1e-4), col
