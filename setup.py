@@ -7,7 +7,7 @@ emofast then runs on its torch reference kernels.
 import os
 import sys
 
-from setuptools import setup
+from setuptools import find_namespace_packages, setup
 from setuptools.command.build_ext import build_ext
 
 ext_modules = []
@@ -60,10 +60,13 @@ setup(
         "emofast.backends",
         "emofast.kernels",
         "emofast.datasets",
+        # the data folders are plain directories; listing them keeps setuptools from warning about them
+        *find_namespace_packages(include=["emofast.datasets.*"]),
         "emofast.triton_kernels",
     ],
     package_dir={"emofast.triton_kernels": "triton_kernels"},
-    package_data={"emofast.datasets": ["emotions/*.jsonl", "emotions/*.json", "emotions/*.md", "emotions/*/*/*.jsonl"]},
+    package_data={"emofast.datasets": ["emotions/*.json", "emotions/*.jsonl", "emotions/*.md"],
+                  "emofast.datasets.emotions": ["*/*/*.jsonl"]},
     ext_modules=ext_modules,
     cmdclass={"build_ext": OptionalBuildExt},
 )
