@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-import torch
 import tiny
+import torch
 from torch import nn
 
 import emofast
@@ -395,3 +395,19 @@ def test_device_map_auto_loads_and_extracts(tok, tmp_path):
     got = emofast.extract(mapped, tok2, TEXTS, chat_template=True, system_prompt=SYSTEM)
     ref = emofast.extract(model, tok, TEXTS, chat_template=True, system_prompt=SYSTEM)
     assert (got - ref).abs().max() <= 1e-6
+
+
+@pytest.mark.parametrize("kernel", ["torch", "cpp", "triton"])
+def test_every_kernel_gives_the_same_numbers_end_to_end(tok, monkeypatch, kernel):
+    """extract and accumulate with each kernel forced (Triton runs through its CPU interpreter here)."""
+    model = tiny.model("llama")
+    labels = ["a", "b", "a", "b", "a", "b", "a"]
+    monkeypatch.delenv("EMOFAST_KERNEL", raising=False)
+    ref_rows = emofast.extract(model, tok, TEXTS, position="mean", chat_template=True, system_prompt=SYSTEM)
+    ref_acc = emofast.accumulate(model, tok, TEXTS, labels, chat_template=True, system_prompt=SYSTEM)
+    monkeypatch.setenv("EMOFAST_KERNEL", kernel)
+    assert emofast.kernels.choose(torch.zeros(1, 1, 32), 8, 0) == kernel
+    rows = emofast.extract(model, tok, TEXTS, position="mean", chat_template=True, system_prompt=SYSTEM)
+    acc = emofast.accumulate(model, tok, TEXTS, labels, chat_template=True, system_prompt=SYSTEM)
+    assert (rows - ref_rows).abs().max() <= 1e-5
+    assert torch.allclose(acc.sums, ref_acc.sums, atol=1e-5) and torch.equal(acc.counts, ref_acc.counts)

@@ -76,14 +76,18 @@ def available() -> dict[str, bool]:
 def _cpp_wins(rows: int, d: int, k: int) -> bool:
     """Where the C++ kernel beat the torch reference on this kind of CPU (``bench/README.md``, "Kernels").
 
-    Measured on a 2-vCPU AMD EPYC VM (torch 2.13 CPU, 2 threads), median call times for R = 1..16384 rows,
-    D = 64..4096, K = 0..128, fp32 and bf16 hidden states: with K <= 32 directions C++ is faster everywhere,
-    1.2-1.7x for a single row (less Python around one call), 2-4x at R = 32..256 and 6-28x for 16384-row
-    "mean" calls (no gathered [R, D] copy, one pass). Its projection costs K multiply-adds per gathered value
-    while torch uses a BLAS matmul, so at K >= 64 torch wins small calls (R * D below ~1M values: 0.7x at
-    R = 256, D = 576) and C++ keeps only a small lead on large ones (1.1-1.4x at K = 128).
+    Measured on a 2-vCPU AMD EPYC VM (torch 2.13 CPU, 2 threads), fastest call times for R = 1..16384 rows,
+    D = 576..4096, K = 0..64, bf16 and fp32 hidden states:
+
+    * K <= 16 directions: C++ is faster or even everywhere: 1.5-2.3x for a single row (less Python around one
+      call), 0.9-2.1x for 32 rows ("last" token of 32 sequences; even at D = 4096, K = 10), 6-42x for
+      4096-16384 rows ("mean" over tokens: no gathered [R, D] copy, one pass).
+    * More directions: the fused projection costs K multiply-adds per gathered value where torch runs a BLAS
+      matmul. C++ still wins small calls (R * D * K up to ~2M: 1.1-1.8x) and large ones (R * D >= 2M, where
+      it runs two threads: 2.0-4.3x at K = 32..64), and loses in between (0.3-0.9x at R = 256, K = 32..64).
     """
-    return k <= 32 or rows * d >= 1 << 20
+    work = rows * d
+    return k <= 16 or work >= 1 << 21 or work * k <= 1 << 21
 
 
 def choose(x: torch.Tensor, rows: int, k: int) -> str:

@@ -1,0 +1,109 @@
+"""Direction methods x layer policies on the bundled pairs: the comparison that chose emofast's defaults.
+
+    python bench/compare_methods.py [--position last] [--model smollm2]
+
+Extracts every bundled text once (all splits, all layers), then for each direction method and layer policy
+fits on train, selects on val, and reports the mean balanced sign accuracy (score > 0) on val (what the
+defaults are chosen by) and on test (shown for information only; it chose nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+
+import emofast
+from emofast.data import load_pairs
+from emofast.directions import logistic, mean_diff, shrinkage_lda
+from emofast.layer_policy import choose_layers
+from emofast.probe import DEFAULT_SYSTEM_PROMPT, SplitIndex
+from emofast.stats import balanced_accuracy
+
+POLICIES = [
+    ("per-pair", 1),
+    ("per-pair", 2),
+    ("per-pair", 4),
+    ("per-pair", 8),
+    ("band", 4),
+    ("global-band", 4),
+    ("single", 1),
+]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--position", default="last")
+    ap.add_argument("--json", default=None, help="also write the table here")
+    args = ap.parse_args()
+    position = int(args.position) if args.position.lstrip("-").isdigit() else args.position
+    data = load_pairs()
+    model, tok = emofast.load_model(args.model)
+    rows, index = {}, {}
+    for split in ("train", "val", "test"):
+        index[split] = SplitIndex.of(data, split)
+        rows[split] = emofast.extract(
+            model,
+            tok,
+            index[split].texts,
+            chat_template=True,
+            system_prompt=DEFAULT_SYSTEM_PROMPT,
+            position=position,
+            progress=True,
+        )
+    n_layers = rows["train"].shape[1]
+    table = []
+    for method, fn in (("mean-diff", None), ("lda", shrinkage_lda), ("logreg", logistic)):
+        dirs, mids = [], []
+        for p in range(len(data.pairs)):
+            idx = index["train"].of_pair(p)
+            y = index["train"].y[idx]
+            left, right = rows["train"][idx[y == 1]], rows["train"][idx[y == 0]]
+            mu_l, mu_r = left.double().mean(0), right.double().mean(0)
+            dirs.append((mean_diff(mu_l, mu_r) if fn is None else fn(left, right)).double())
+            mids.append((mu_l + mu_r) / 2)
+        d, m = torch.stack(dirs), torch.stack(mids)  # [P, nL, D]
+        offsets = (d * m).sum(-1)  # [P, nL]
+        scores = {
+            s: (torch.einsum("nld,pld->nlp", rows[s].double(), d) - offsets.T[None]).numpy() for s in ("val", "test")
+        }
+        for policy, width in POLICIES:
+            per = {}
+            for p in range(len(data.pairs)):
+                idx = index["val"].of_pair(p)
+                per[p] = (scores["val"][idx, :, p], index["val"].y[idx])
+            chosen, _ = choose_layers(per, list(range(n_layers)), policy, width)
+            res = {}
+            for split in ("val", "test"):
+                bas = []
+                for p in range(len(data.pairs)):
+                    idx = index[split].of_pair(p)
+                    s = scores[split][idx][:, chosen[p], p].mean(axis=1)
+                    bas.append(balanced_accuracy(index[split].y[idx], s > 0))
+                res[split] = bas
+            table.append(
+                {
+                    "method": method,
+                    "policy": policy,
+                    "width": width,
+                    "val_mean": float(np.mean(res["val"])),
+                    "test_mean": float(np.mean(res["test"])),
+                    "test_min": float(np.min(res["test"])),
+                }
+            )
+            print(
+                f"{method:9s} {policy:11s} w={width}: val {np.mean(res['val']):.3f}  test {np.mean(res['test']):.3f}"
+                f" (min {np.min(res['test']):.3f})"
+            )
+    best = max(table, key=lambda r: r["val_mean"])
+    print(f"best on val: {best}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"position": args.position, "rows": table, "best_on_val": best}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
