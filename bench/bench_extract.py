@@ -130,6 +130,21 @@ def test_extract_no_prefix_sharing(benchmark, smollm2):
     )
 
 
+@pytest.mark.parametrize("position", ["last", "mean"])
+@pytest.mark.parametrize("kernel", ["torch", "cpp"])
+def test_extract_per_kernel(benchmark, smollm2, monkeypatch, kernel, position):
+    """The end-to-end extraction with each CPU kernel forced (Triton needs a GPU: bench/gpu_check.py)."""
+    model, tok, texts, _ = smollm2
+    monkeypatch.setenv("EMOFAST_KERNEL", kernel)
+    _time(
+        benchmark,
+        f"kernel_{kernel}_{position}",
+        lambda: emofast.extract(
+            model, tok, texts, position=position, chat_template=True, system_prompt=DEFAULT_SYSTEM_PROMPT, batch_size=16
+        ),
+    )
+
+
 @pytest.mark.parametrize("method", ["reference", "extract"])
 def test_peak_memory_batch64(benchmark, method):
     def measure():
@@ -146,7 +161,8 @@ def test_peak_memory_batch64(benchmark, method):
     benchmark.extra_info.update(res)
 
 
-def test_zz_summary():
+def test_zz_summary(benchmark):
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)  # a benchmark test, so that --benchmark-only runs it
     need = {"reference", "all_layers", "half_depth", "extra_peak_mb_reference", "extra_peak_mb_extract"}
     if not need <= set(RESULTS):
         pytest.skip("run the whole file to get the ratios")
@@ -163,6 +179,9 @@ def test_zz_summary():
         },
         "memory_ratio": RESULTS["extra_peak_mb_extract"] / RESULTS["extra_peak_mb_reference"],
     }
+    per_kernel = {k: round(v, 3) for k, v in RESULTS.items() if k.startswith("kernel_")}
+    if per_kernel:
+        summary["seconds_per_kernel"] = per_kernel
     if "all_layers_no_prefix" in RESULTS:
         summary["speedup_all_layers_no_prefix"] = RESULTS["reference"] / RESULTS["all_layers_no_prefix"]
     (HERE / "results").mkdir(exist_ok=True)

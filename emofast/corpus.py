@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .textio import BadRecord, input_files, iter_records
+from .textio import BadRecord, input_files, iter_records, sha256_file
 
 __all__ = ["score_corpus", "CheckpointError", "ScoreSummary", "fingerprint_inputs", "count_records"]
 
@@ -56,14 +56,6 @@ class ScoreSummary:
             f"scored {self.rows:,} texts ({self.errors:,} bad records skipped) in {self.seconds:.1f} s: "
             f"{self.texts_per_s:,.1f} texts/s, {self.tokens_per_s:,.0f} tokens/s -> {self.out}"
         )
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fingerprint_inputs(path) -> str:
@@ -153,7 +145,7 @@ class _Checkpoint:
                 )
         for c in body["chunks"]:
             shard = work / _part_name(c["index"])
-            if not shard.is_file() or _sha256_file(shard) != c["sha256"]:
+            if not shard.is_file() or sha256_file(shard) != c["sha256"]:
                 raise CheckpointError(f"{shard}: missing or changed since the checkpoint; delete {work} to start over")
         self.chunks = body["chunks"]
         self.resume = body["resume"]
@@ -299,7 +291,7 @@ def score_corpus(
                 json.dumps({"source": b.source, "line": b.line, "problem": b.problem}) + "\n" for b in bad
             ).encode(),
         )
-        ckpt.record(k, len(records), len(bad), _sha256_file(part), resume)
+        ckpt.record(k, len(records), len(bad), sha256_file(part), resume)
         rows += len(records)
         errors += len(bad)
         tokens += stats.get("tokens", 0)

@@ -12,13 +12,14 @@ order. Errors name the file, the line and the problem; unbalanced sides give a w
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+
+from .textio import sha256_file
 
 __all__ = [
     "DataError",
@@ -104,14 +105,6 @@ def parse_pair(spec: str) -> tuple[str, str]:
     if not left or not right or left == right:
         raise DataError(f"pair {spec!r}: needs two different, non-empty side names")
     return left, right
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_jsonl(path, seen: dict | None = None) -> list[tuple[str, str]]:
@@ -259,7 +252,7 @@ def load_pairs(
                     raise DataError(f"{path}: no texts")
                 pair.texts[split][side] = rows
                 pair.files[(split, side)] = str(path)
-                hashes[str(path.relative_to(root))] = _sha256(path)
+                hashes[str(path.relative_to(root))] = sha256_file(path)
             nl, nr = len(pair.texts[split][left]), len(pair.texts[split][right])
             if nl != nr:
                 warnings.warn(
@@ -276,7 +269,7 @@ def load_pairs(
         if not npath.is_file():
             raise DataError(f"{npath}: neutral file not found")
         neutral_rows = load_jsonl(npath)
-        hashes[npath.name if npath.parent == root else str(npath)] = _sha256(npath)
+        hashes[npath.name if npath.parent == root else str(npath)] = sha256_file(npath)
     return PairedDataset(out, neutral_rows, str(root), hashes)
 
 

@@ -32,7 +32,16 @@ import torch
 from .models import Layout, resolve_layout
 from .prompts import check_texts, render_prompts, tokenize
 
-__all__ = ["Options", "Batch", "PassStats", "run_pass", "NonFiniteError", "normalize_layers", "resolve_position"]
+__all__ = [
+    "Options",
+    "Batch",
+    "PassStats",
+    "run_pass",
+    "prepare_texts",
+    "NonFiniteError",
+    "normalize_layers",
+    "resolve_position",
+]
 
 
 class NonFiniteError(FloatingPointError):
@@ -402,6 +411,20 @@ class PassStats:
         }
 
 
+def prepare_texts(tokenizer, texts, reducer, opts: Options, max_positions: int | None):
+    """What every backend does first: check the texts, start the reducer, render and tokenize, check lengths.
+
+    Returns:
+        ``(position, encodings, lengths [N])``.
+    """
+    texts = check_texts(texts)
+    position = resolve_position(opts.position)
+    reducer.start(len(texts), opts.layers)
+    prompts = render_prompts(tokenizer, texts, opts.chat_template, opts.system_prompt) if texts else []
+    encodings = _check_lengths(tokenize(tokenizer, prompts), max_positions, opts.truncate)
+    return position, encodings, np.array([len(e) for e in encodings], dtype=np.int64)
+
+
 def run_pass(model, tokenizer, texts, reducer, opts: Options, *, blocks=None, final_norm="auto") -> PassStats:
     """Run the model over ``texts`` and feed each batch's selected rows to ``reducer``.
 
@@ -415,15 +438,10 @@ def run_pass(model, tokenizer, texts, reducer, opts: Options, *, blocks=None, fi
     of a single-process pass, so data-parallel results equal single-process ones.
     """
     layout = resolve_layout(model, blocks=blocks, final_norm=final_norm)
-    texts = check_texts(texts)
-    position = resolve_position(opts.position)
-    reducer.start(len(texts), opts.layers)
+    position, encodings, lengths = prepare_texts(tokenizer, texts, reducer, opts, layout.max_positions)
     stats = PassStats()
-    if not texts:
+    if not encodings:
         return stats
-    prompts = render_prompts(tokenizer, texts, opts.chat_template, opts.system_prompt)
-    encodings = _check_lengths(tokenize(tokenizer, prompts), layout.max_positions, opts.truncate)
-    lengths = np.array([len(e) for e in encodings], dtype=np.int64)
     device = _input_device(model)
     batch_size = opts.batch_size or (32 if device.type == "cuda" else 16)
     if batch_size < 1:

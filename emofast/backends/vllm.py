@@ -61,14 +61,12 @@ from ..engine import (
     Batch,
     PassStats,
     _check_finite,
-    _check_lengths,
     _progress,
     _row_plan,
     plan_batches,
-    resolve_position,
+    prepare_texts,
 )
 from ..models import DEFAULT_MODEL, SMOLLM2_ID, _as_dtype, default_model_dir, prepare_tokenizer, resolve_layout
-from ..prompts import check_texts, render_prompts, tokenize
 
 __all__ = ["load_model", "VLLMModel"]
 
@@ -190,15 +188,10 @@ class VLLMModel:
         ``share_prefix=False`` turns the prefix cache off for the pass. ``padded_tokens`` counts the tokens vLLM
         computed (a cached prefix is not computed; there is no padding).
         """
-        texts = check_texts(texts)
-        position = resolve_position(opts.position)
-        reducer.start(len(texts), opts.layers)
+        position, encodings, lengths = prepare_texts(tokenizer, texts, reducer, opts, self.max_prompt_len)
         stats = PassStats()
-        if not texts:
+        if not encodings:
             return stats
-        prompts = render_prompts(tokenizer, texts, opts.chat_template, opts.system_prompt)
-        encodings = _check_lengths(tokenize(tokenizer, prompts), self.max_prompt_len, opts.truncate)
-        lengths = np.array([len(e) for e in encodings], dtype=np.int64)
         for name, value in (("batch_size", opts.batch_size), ("max_tokens", opts.max_tokens)):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -212,7 +205,7 @@ class VLLMModel:
         if not chunks:
             return stats
         spec = _PassSpec.of(encodings, stats.index, opts.layers, position, reducer, self.num_layers)
-        salts = _salts(len(texts), position, opts.share_prefix, spec.end_layer)
+        salts = _salts(len(encodings), position, opts.share_prefix, spec.end_layer)
         from vllm import SamplingParams
 
         params = SamplingParams(max_tokens=1, temperature=0.0, detokenize=False)
