@@ -65,8 +65,10 @@ setup(
         "emofast.triton_kernels",
     ],
     package_dir={"emofast.triton_kernels": "triton_kernels"},
-    package_data={"emofast.datasets": ["emotions/*.json", "emotions/*.jsonl", "emotions/*.md"],
-                  "emofast.datasets.emotions": ["*/*/*.jsonl"]},
+    package_data={
+        "emofast.datasets": ["emotions/*.json", "emotions/*.jsonl", "emotions/*.md"],
+        "emofast.datasets.emotions": ["*/*/*.jsonl"],
+    },
     ext_modules=ext_modules,
     cmdclass={"build_ext": OptionalBuildExt},
 )
