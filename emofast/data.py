@@ -75,6 +75,11 @@ class PairedDataset:
     root: str
     hashes: dict
 
+    @property
+    def source(self) -> str:
+        """Where the data came from, portable across machines for the bundled set."""
+        return "bundled:emotions" if Path(self.root) == bundled_path() else self.root
+
     def pair(self, name: str) -> Pair:
         for p in self.pairs:
             if p.name == name:

@@ -392,7 +392,7 @@ class PairedProbe:
             **ex,
             "method": method,
             "score": score,
-            "dataset": {"root": data.root, "sha256": data.hashes, "counts": data.counts()},
+            "dataset": {"root": data.source, "sha256": data.hashes, "counts": data.counts()},
             "emofast_version": __version__,
         }
         pairs = [(p.left, p.right) for p in data.pairs]
