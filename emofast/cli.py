@@ -34,7 +34,11 @@ def _position(spec: str):
 
 
 def _add_model_args(p, default_model: str | None = "smollm2"):
-    p.add_argument("--model", default=default_model, help="hub id, local folder, or 'smollm2' (the embedded default)")
+    p.add_argument(
+        "--model", default=default_model, help="hub id, local folder, .gguf file, or 'smollm2' (the embedded default)"
+    )
+    p.add_argument("--backend", default="hf", choices=["hf", "vllm"], help="transformers (default) or vLLM")
+    p.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM backend: GPUs per model")
     p.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16/fp16 on GPU), float32, bfloat16, float16")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--device-map", default=None, help="e.g. 'auto' to spread a big model over several GPUs")
@@ -111,6 +115,8 @@ def _load(args, name: str):
 
         if torch.cuda.is_available():
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    if args.backend == "vllm":
+        return load_model(name, backend="vllm", dtype=args.dtype, tensor_parallel_size=args.tensor_parallel_size)
     extra = {"tp_plan": args.tp_plan} if args.tp_plan else {}
     return load_model(name, dtype=args.dtype, device=device, device_map=args.device_map, **extra)
 

@@ -9,7 +9,7 @@ the shuffled-label baseline.
 
 Every number is read from the runs' ``metrics.json`` (the combined ``profile.csv`` and ``pairs.csv`` are the runs'
 own files, concatenated); nothing is recomputed from a model, and neither torch nor a model is loaded. The same
-runs give byte-identical reports. matplotlib (the ``plots`` extra) is imported only when a report is written, and
+runs give byte-identical reports. matplotlib (a core dependency) is imported only when a report is written, and
 draws with the Agg canvas on standalone figures: no pyplot, no display, and no change to the caller's matplotlib
 backend or settings.
 
@@ -302,7 +302,7 @@ def _plotting():
         import matplotlib
     except ModuleNotFoundError:
         raise ModuleNotFoundError(
-            "the reports need matplotlib: pip install 'emofast[plots]' (or pass --no-report to emofast run)",
+            "the reports need matplotlib: pip install matplotlib (or pass --no-report to emofast run)",
             name="matplotlib",
         ) from None
     import matplotlib.style

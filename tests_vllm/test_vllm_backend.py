@@ -17,12 +17,14 @@ import sys
 import textwrap
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import tiny
 import torch
 
 import emofast
 from emofast.backends.vllm import _Capture, _PassSpec
+from emofast.cli import main
 from emofast.data import load_pairs
 from emofast.probe import PairedProbe
 from emofast.reducers import RowsReducer
@@ -161,7 +163,7 @@ def _write_pairs(root, n=(8, 6, 4)):
     return root
 
 
-def test_paired_probe_through_vllm(loaded, tmp_path, parity):
+def test_paired_probe_through_vllm(model_dirs, loaded, tmp_path, parity):
     """A probe fitted on the HF model scores the same through the vLLM handle; fitting through it gives the
     same directions."""
     hf, hf_tok, vm, v_tok = loaded["llama"]
@@ -174,12 +176,37 @@ def test_paired_probe_through_vllm(loaded, tmp_path, parity):
         assert parity("llama", f"probe.score {col}", s_hf[col], s_v[col]) <= 1e-4, (
             col
         )  # scores are projections (see test_project_matches_hf), then a sigmoid
-    # Without the chat template: with it, every text's last token is the template's, and at layer 0 the
-    # class means coincide, so the direction there is the unit vector of rounding noise.
-    fitted = PairedProbe.fit_directions(vm, v_tok, data, method="mean-diff", chat_template=False)
-    ref = PairedProbe.fit_directions(hf, hf_tok, data, method="mean-diff", chat_template=False)
+    fitted = PairedProbe.fit_directions(vm, v_tok, data, method="mean-diff")
+    ref = PairedProbe.fit_directions(hf, hf_tok, data, method="mean-diff")
     assert fitted.meta["model"] == ref.meta["model"] and fitted.meta["dtype"] == "float32"
     assert parity("llama", "probe directions (mean-diff)", ref.directions, fitted.directions) <= 1e-4
+    # emofast score --backend vllm: the CLI loads the handle and streams the corpus through it
+    probe.save(tmp_path / "probe")
+    (tmp_path / "in.jsonl").write_text(
+        "".join(json.dumps({"id": f"t{i}", "text": t}) + "\n" for i, t in enumerate(texts))
+    )
+    out = tmp_path / "scores.parquet"
+    rc = main(
+        [
+            "score",
+            "--backend",
+            "vllm",
+            "--model",
+            str(model_dirs["llama"]),
+            "--probe",
+            str(tmp_path / "probe"),
+            "--input",
+            str(tmp_path / "in.jsonl"),
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    assert rc == 0
+    table = pq.read_table(out)
+    assert table.column("id").to_pylist() == [f"t{i}" for i in range(len(texts))]
+    for col in s_hf:
+        assert parity("llama", f"emofast score {col}", s_hf[col], table.column(col).to_numpy()) <= 1e-4, col
 
 
 def test_errors_match_hf_and_leave_the_engine_usable(loaded, parity):
