@@ -63,6 +63,7 @@ def child(args) -> None:
 def tiny_setup(work: Path) -> tuple[str, str]:
     sys.path.insert(0, str(HERE.parent / "tests"))
     import tiny
+    from test_corpus import run_args
     from test_workflow import write_pairs
 
     from emofast.cli import main
@@ -70,25 +71,7 @@ def tiny_setup(work: Path) -> tuple[str, str]:
     tiny.model("llama").save_pretrained(work / "model")
     tiny.tokenizer().save_pretrained(work / "model")
     write_pairs(work / "data")
-    main(
-        [
-            "run",
-            "--model",
-            str(work / "model"),
-            "--pairs",
-            str(work / "data"),
-            "--out",
-            str(work / "run"),
-            "--width",
-            "2",
-            "--n-boot",
-            "50",
-            "--shuffled",
-            "0",
-            "--no-progress",
-            "--no-report",
-        ]
-    )
+    main(["run", *run_args(work), "--out", str(work / "run")])
     return str(work / "model"), str(work / "run")
 
 

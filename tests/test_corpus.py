@@ -38,32 +38,20 @@ def write_jsonl(path, texts, start=0):
             f.write(json.dumps({"id": f"doc{start + i}", "text": t}) + "\n")
 
 
+def run_args(base, method=None):
+    """``emofast run`` arguments for the tiny model and data under ``base``: quick settings (no report)."""
+    args = ["--model", str(base / "model"), "--pairs", str(base / "data"), "--width", "2", "--n-boot", "50"]
+    args += ["--shuffled", "0", "--no-progress", "--no-report"]
+    return args + (["--method", method] if method else [])
+
+
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     base = tmp_path_factory.mktemp("corpus")
     tiny.model("llama").save_pretrained(base / "model")
     tiny.tokenizer().save_pretrained(base / "model")
     write_pairs(base / "data")
-    rc = main(
-        [
-            "run",
-            "--model",
-            str(base / "model"),
-            "--pairs",
-            str(base / "data"),
-            "--out",
-            str(base / "run"),
-            "--width",
-            "2",
-            "--n-boot",
-            "50",
-            "--shuffled",
-            "0",
-            "--no-progress",
-            "--no-report",
-        ]
-    )
-    assert rc == 0
+    assert main(["run", *run_args(base), "--out", str(base / "run")]) == 0
     model, tok = emofast.load_model(str(base / "model"))
     return base, load_probe(base / "run"), model, tok
 
@@ -267,22 +255,7 @@ def test_two_cpu_processes_on_gloo_equal_one(fitted, tmp_path, method, tol):
     inverts a covariance of rows computed in other batches, which amplifies their float noise: 1e-5), the same
     layers and statistics, and row-by-row equal scores."""
     base, probe, model, tok = fitted
-    common = [
-        "--model",
-        str(base / "model"),
-        "--pairs",
-        str(base / "data"),
-        "--width",
-        "2",
-        "--n-boot",
-        "50",
-        "--shuffled",
-        "0",
-        "--no-progress",
-        "--no-report",
-        "--method",
-        method,
-    ]
+    common = run_args(base, method)
     single_run, dist_run = tmp_path / "run1", tmp_path / "run2"
     assert main(["run", *common, "--out", str(single_run)]) == 0
     _torchrun(["run", *common, "--out", str(dist_run)], tmp_path)
@@ -327,22 +300,7 @@ def test_tensor_parallel_on_two_cpu_processes(fitted, tmp_path):
     """``--tp-plan auto``: transformers splits every layer over the two gloo ranks (weights become DTensors);
     both ranks run every batch, rank 0 writes; the numbers equal one process."""
     base, probe, model, tok = fitted
-    common = [
-        "--model",
-        str(base / "model"),
-        "--pairs",
-        str(base / "data"),
-        "--width",
-        "2",
-        "--n-boot",
-        "50",
-        "--shuffled",
-        "0",
-        "--no-progress",
-        "--no-report",
-        "--method",
-        "mean-diff",
-    ]
+    common = run_args(base, "mean-diff")
     assert main(["run", *common, "--out", str(tmp_path / "run1")]) == 0
     _torchrun(["run", *common, "--tp-plan", "auto", "--out", str(tmp_path / "run2")], tmp_path)
     single, tp = load_probe(tmp_path / "run1"), load_probe(tmp_path / "run2")

@@ -56,26 +56,17 @@ def setup(tmp_path_factory):
     return base
 
 
+def _run(setup, out, pairs=None) -> int:
+    """``emofast run`` on the tiny model (its data, or ``pairs``) into ``out``, quick settings, no report."""
+    pairs = setup / "data" if pairs is None else pairs
+    args = ["run", "--model", str(setup / "model"), "--pairs", str(pairs), "--out", str(out)]
+    return main([*args, "--width", "2", "--n-boot", "200", "--no-progress", "--no-report"])
+
+
 @pytest.fixture(scope="module")
 def ran(setup):
     out = setup / "run"
-    rc = main(
-        [
-            "run",
-            "--model",
-            str(setup / "model"),
-            "--pairs",
-            str(setup / "data"),
-            "--out",
-            str(out),
-            "--width",
-            "2",
-            "--n-boot",
-            "200",
-            "--no-progress",
-            "--no-report",
-        ]
-    )
+    rc = _run(setup, out)
     assert rc == 0
     return out
 
@@ -119,23 +110,7 @@ def test_run_writes_the_run_folder(ran, capsys):
 
 def test_same_inputs_same_numbers(setup, ran):
     again = setup / "run2"
-    main(
-        [
-            "run",
-            "--model",
-            str(setup / "model"),
-            "--pairs",
-            str(setup / "data"),
-            "--out",
-            str(again),
-            "--width",
-            "2",
-            "--n-boot",
-            "200",
-            "--no-progress",
-            "--no-report",
-        ]
-    )
+    _run(setup, again)
     for name in ("metrics.json", "pairs.csv", "profile.csv", "probe.json"):
         assert (ran / name).read_bytes() == (again / name).read_bytes(), name
     a, b = load_probe(ran), load_probe(again)
@@ -173,23 +148,7 @@ def test_polarity_swap_mirrors_every_number(setup, ran, tmp_path):
                 )
     (swapped / "neutral.jsonl").write_bytes((setup / "data" / "neutral.jsonl").read_bytes())
     out = tmp_path / "run"
-    main(
-        [
-            "run",
-            "--model",
-            str(setup / "model"),
-            "--pairs",
-            str(swapped),
-            "--out",
-            str(out),
-            "--width",
-            "2",
-            "--n-boot",
-            "200",
-            "--no-progress",
-            "--no-report",
-        ]
-    )
+    _run(setup, out, pairs=swapped)
     ma, mb = json.loads((ran / "metrics.json").read_text()), json.loads((out / "metrics.json").read_text())
     a, b = ma["pairs_test"], mb["pairs_test"]
     for name, sw in (("sad_vs_happy", "happy_vs_sad"), ("angry_vs_calm", "calm_vs_angry")):
