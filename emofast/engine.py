@@ -484,10 +484,7 @@ def run_pass(model, tokenizer, texts, reducer, opts: Options, *, blocks=None, fi
                         continue
                     done_tokens += int(lengths[idx].sum())
                     done.append(idx)
-                    if bar is not None:
-                        bar.update(len(idx))
-                        rate = done_tokens / max(time.perf_counter() - t0, 1e-9)
-                        bar.set_postfix_str(f"{rate:,.0f} tok/s", refresh=False)
+                    _advance(bar, len(idx), done_tokens, t0)
     finally:
         if bar is not None:
             bar.close()
@@ -537,3 +534,11 @@ def _progress(enabled: bool, total: int, desc: str):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="text", dynamic_ncols=True, smoothing=0.1)
+
+
+def _advance(bar, texts: int, done_tokens: int, t0: float) -> None:
+    """Move the progress bar (if any) on by ``texts`` and show the token rate since ``t0``."""
+    if bar is not None:
+        bar.update(texts)
+        rate = done_tokens / max(time.perf_counter() - t0, 1e-9)
+        bar.set_postfix_str(f"{rate:,.0f} tok/s", refresh=False)

@@ -60,6 +60,7 @@ from torch import nn
 from ..engine import (
     Batch,
     PassStats,
+    _advance,
     _check_finite,
     _progress,
     _row_plan,
@@ -224,10 +225,7 @@ class VLLMModel:
                         f"emofast's hooks captured {captured} of the {done} texts submitted so far: the model ran "
                         "without reaching them (compiled or CUDA-graphed? a decoder layout emofast does not know?)"
                     )
-                if bar is not None:
-                    bar.update(len(idx))
-                    rate = done_tokens / max(time.perf_counter() - t0, 1e-9)
-                    bar.set_postfix_str(f"{rate:,.0f} tok/s", refresh=False)
+                _advance(bar, len(idx), done_tokens, t0)
         finally:
             if bar is not None:
                 bar.close()
