@@ -38,7 +38,7 @@ def write_corpus(path: Path, n: int) -> None:
 def child(args) -> None:
     """Score in this process and print wall time and peak RSS (ru_maxrss) as JSON."""
     import emofast
-    from emofast.corpus import score_corpus
+    from emofast.commands.score import score_corpus
     from emofast.probe import load_probe
 
     probe = load_probe(args.probe)

@@ -32,9 +32,9 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 import torch  # noqa: E402
 
 import emofast  # noqa: E402
+from emofast.capture.prompts import render_prompts, tokenize  # noqa: E402
 from emofast.data import load_pairs  # noqa: E402
 from emofast.probe import DEFAULT_SYSTEM_PROMPT  # noqa: E402
-from emofast.prompts import render_prompts, tokenize  # noqa: E402
 
 
 def synthetic_model(folder: Path) -> Path:

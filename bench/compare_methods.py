@@ -17,10 +17,10 @@ import torch
 
 import emofast
 from emofast.data import load_pairs
-from emofast.directions import logistic, mean_diff, shrinkage_lda
-from emofast.layer_policy import choose_layers
 from emofast.probe import DEFAULT_SYSTEM_PROMPT, SplitIndex
-from emofast.stats import balanced_accuracy
+from emofast.probe.directions import logistic, mean_diff, shrinkage_lda
+from emofast.probe.layers import choose_layers
+from emofast.probe.stats import balanced_accuracy
 
 POLICIES = [
     ("per-pair", 1),

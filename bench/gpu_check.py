@@ -308,7 +308,8 @@ def end_to_end(rows: list[Row], dry_run: bool = False) -> None:
     if dry_run or importlib.util.find_spec("vllm") is None:
         return
     try:
-        vmodel, vtok = emofast.load_model(str(emofast.models.default_model_dir()), backend="vllm", dtype="bfloat16")
+        model_dir = str(emofast.capture.models.default_model_dir())
+        vmodel, vtok = emofast.load_model(model_dir, backend="vllm", dtype="bfloat16")
         _, t_v = _timed(
             lambda: emofast.extract(vmodel, vtok, texts, chat_template=True, system_prompt=DEFAULT_SYSTEM_PROMPT)
         )

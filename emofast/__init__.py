@@ -30,43 +30,26 @@ __all__ = [
     "Accumulator",
     "NonFiniteError",
     "resolve_layout",
+    "PairedProbe",
+    "load_probe",
     "kernels",
 ]
 
 _LAZY = {
-    "load_model": ("emofast.models", "load_model"),
-    "resolve_layout": ("emofast.models", "resolve_layout"),
-    "extract": ("emofast.api", "extract"),
-    "accumulate": ("emofast.api", "accumulate"),
-    "project": ("emofast.api", "project"),
-    "Accumulator": ("emofast.accumulator", "Accumulator"),
-    "NonFiniteError": ("emofast.engine", "NonFiniteError"),
+    "load_model": ("emofast.capture.loader", "load_model"),
+    "resolve_layout": ("emofast.capture.models", "resolve_layout"),
+    "extract": ("emofast.capture.api", "extract"),
+    "accumulate": ("emofast.capture.api", "accumulate"),
+    "project": ("emofast.capture.api", "project"),
+    "Accumulator": ("emofast.capture.accumulator", "Accumulator"),
+    "NonFiniteError": ("emofast.capture.plan", "NonFiniteError"),
+    "PairedProbe": ("emofast.probe.paired", "PairedProbe"),
+    "load_probe": ("emofast.probe.paired", "load_probe"),
     "kernels": ("emofast.kernels", None),
 }
 
 
-_SUBMODULES = {
-    "api",
-    "accumulator",
-    "calibration",
-    "cli",
-    "corpus",
-    "data",
-    "directions",
-    "distributed",
-    "engine",
-    "evaluation",
-    "layer_policy",
-    "models",
-    "probe",
-    "prompts",
-    "reducers",
-    "report",
-    "stats",
-    "textio",
-    "workflow",
-    "backends",
-}
+_SUBMODULES = {"capture", "backends", "kernels", "probe", "data", "commands", "report", "cli", "fileio"}
 
 
 def __getattr__(name: str):

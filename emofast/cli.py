@@ -59,8 +59,8 @@ def _add_extraction_args(p):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .layer_policy import POLICIES
-    from .probe import DEFAULT_METHOD, DEFAULT_POLICY, DEFAULT_WIDTH, SCORES
+    from .probe.layers import POLICIES
+    from .probe.paired import DEFAULT_METHOD, DEFAULT_POLICY, DEFAULT_WIDTH, SCORES
 
     ap = argparse.ArgumentParser(prog="emofast", description="Fast paired concept probing of language models.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -107,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(args, name: str):
-    from .models import load_model
+    from .capture.loader import load_model
 
     device = args.device
     if device is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -122,7 +122,7 @@ def _load(args, name: str):
 
 
 def _system_prompt(args):
-    from .probe import DEFAULT_SYSTEM_PROMPT
+    from .probe.paired import DEFAULT_SYSTEM_PROMPT
 
     if args.system_prompt is None:
         return DEFAULT_SYSTEM_PROMPT
@@ -130,8 +130,8 @@ def _system_prompt(args):
 
 
 def cmd_run(args) -> int:
-    from .distributed import runner_from_env
-    from .workflow import profile_table, run
+    from .capture.distributed import runner_from_env
+    from .commands.run import profile_table, run
 
     runner = runner_from_env(tensor_parallel=bool(args.tp_plan))
     rank = runner.rank
@@ -170,9 +170,9 @@ def cmd_run(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from .corpus import score_corpus
-    from .distributed import runner_from_env
-    from .probe import load_probe
+    from .capture.distributed import runner_from_env
+    from .commands.score import score_corpus
+    from .probe.paired import load_probe
 
     tensor_parallel = bool(args.tp_plan)
     runner = runner_from_env(tensor_parallel=tensor_parallel)
@@ -211,11 +211,11 @@ SAMPLE = [
 def cmd_extract(args) -> int:
     import torch
 
-    from .api import extract
+    from .capture.api import extract
 
     model, tok = _load(args, args.model)
     if args.input:
-        from .textio import BadRecord, iter_records
+        from .data.textio import BadRecord, iter_records
 
         recs = [r for _, r in iter_records(args.input)]
         bad = [r for r in recs if isinstance(r, BadRecord)]
@@ -281,7 +281,7 @@ def cmd_info(args) -> int:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     handlers = {"run": cmd_run, "score": cmd_score, "extract": cmd_extract, "compare": cmd_compare, "info": cmd_info}
-    from .corpus import CheckpointError
+    from .commands.score import CheckpointError
 
     try:
         return handlers[args.cmd](args)

@@ -21,7 +21,7 @@ from test_workflow import write_pairs
 
 import emofast
 from emofast.cli import main
-from emofast.corpus import CheckpointError, score_corpus
+from emofast.commands.score import CheckpointError, score_corpus
 from emofast.probe import load_probe
 
 WORDS = ["tears", "sun", "laughed", "grey", "shouted", "tea", "lake", "door", "party", "alone"]

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import emofast
-from emofast.engine import NonFiniteError, plan_batches
+from emofast.capture.plan import NonFiniteError, plan_batches
 
 SYSTEM = "You are a helpful assistant."
 TEXTS = [
@@ -28,7 +28,7 @@ TEXTS = [
 @pytest.fixture(scope="module")
 def tok():
     t = tiny.tokenizer()
-    emofast.models.prepare_tokenizer(t)
+    emofast.capture.models.prepare_tokenizer(t)
     return t
 
 
@@ -379,7 +379,7 @@ def test_import_is_light():
     )
     subprocess.run([sys.executable, "-c", code], check=True)
     code2 = (
-        "import sys, emofast, emofast.api, emofast.kernels; "
+        "import sys, emofast, emofast.capture.api, emofast.kernels; "
         "bad = [m for m in ('triton', 'vllm', 'emofast._C') if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code2], check=True)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import emofast
-from emofast import models
+from emofast.capture import models
 
 pytestmark = pytest.mark.slow
 

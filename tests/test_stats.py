@@ -8,10 +8,9 @@ import torch
 from scipy.optimize import minimize
 from scipy.special import expit
 
-from emofast import calibration as cal
-from emofast import directions, stats
-from emofast.layer_policy import band_table, choose_layers
-from emofast.probe import PairedProbe, side_columns
+from emofast.probe import PairedProbe, directions, side_columns, stats
+from emofast.probe import calibration as cal
+from emofast.probe.layers import band_table, choose_layers
 
 # ------------------------------------------------------------------------------------------ directions
 

@@ -24,10 +24,10 @@ import torch
 
 import emofast
 from emofast.backends.vllm import _Capture, _PassSpec
+from emofast.capture.reducers import RowsReducer
 from emofast.cli import main
 from emofast.data import load_pairs
 from emofast.probe import PairedProbe
-from emofast.reducers import RowsReducer
 
 TOL = 2e-5
 TEXTS = tiny.CORPUS + ["Short one.", "Rain again today, and again tomorrow, and the day after that too."]
@@ -61,8 +61,8 @@ def test_extract_matches_hf(loaded, arch, case, parity):
 
 def test_all_layers_and_shapes(loaded):
     hf, hf_tok, vm, v_tok = loaded["llama"]
-    assert vm.num_layers == 3 and emofast.models.num_layers(vm) == 3
-    assert emofast.models.model_dtype(vm) == torch.float32
+    assert vm.num_layers == 3 and emofast.capture.models.num_layers(vm) == 3
+    assert emofast.capture.models.model_dtype(vm) == torch.float32
     b = emofast.extract(vm, v_tok, TEXTS)
     assert b.shape == (len(TEXTS), 4, 128)
     assert emofast.extract(vm, v_tok, [], layers=[1, 2]).shape == (0, 2, 128)
@@ -277,7 +277,7 @@ def test_load_model_refuses_settings_that_break_capture(model_dirs):
 
 
 def test_import_emofast_does_not_import_vllm():
-    code = "import sys, emofast, emofast.backends.vllm, emofast.api; print('vllm' in sys.modules)"
+    code = "import sys, emofast, emofast.backends.vllm, emofast.capture.api; print('vllm' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

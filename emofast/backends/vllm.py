@@ -57,17 +57,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..engine import (
+from ..capture.models import DEFAULT_MODEL, SMOLLM2_ID, as_dtype, default_model_dir, prepare_tokenizer, resolve_layout
+from ..capture.plan import (
     Batch,
     PassStats,
-    _advance,
-    _check_finite,
-    _progress,
-    _row_plan,
+    advance,
+    check_finite,
     plan_batches,
     prepare_texts,
+    progress,
+    row_plan,
 )
-from ..models import DEFAULT_MODEL, SMOLLM2_ID, _as_dtype, default_model_dir, prepare_tokenizer, resolve_layout
 
 __all__ = ["load_model", "VLLMModel"]
 
@@ -110,7 +110,7 @@ def load_model(name_or_path: str, *, dtype="auto", revision=None, tensor_paralle
         raise ValueError("the vLLM backend does not support pipeline parallelism; use tensor_parallel_size")
     source = str(default_model_dir()) if name_or_path == DEFAULT_MODEL else name_or_path
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch_dtype = _as_dtype(dtype, device)
+    torch_dtype = as_dtype(dtype, device)
     trust = bool(llm_kwargs.get("trust_remote_code", False))
     config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust)
     if name_or_path == DEFAULT_MODEL:
@@ -210,7 +210,7 @@ class VLLMModel:
         from vllm import SamplingParams
 
         params = SamplingParams(max_tokens=1, temperature=0.0, detokenize=False)
-        bar = _progress(opts.progress, len(stats.index), opts.desc)
+        bar = progress(opts.progress, len(stats.index), opts.desc)
         t0, done, done_tokens = time.perf_counter(), 0, 0
         self.llm.apply_model(functools.partial(_install, spec))
         try:
@@ -225,7 +225,7 @@ class VLLMModel:
                         f"emofast's hooks captured {captured} of the {done} texts submitted so far: the model ran "
                         "without reaching them (compiled or CUDA-graphed? a decoder layout emofast does not know?)"
                     )
-                _advance(bar, len(idx), done_tokens, t0)
+                advance(bar, len(idx), done_tokens, t0)
         finally:
             if bar is not None:
                 bar.close()
@@ -457,7 +457,7 @@ class _Capture:
         self.cursor += len(ks)
         self.computed_tokens += T
         index = spec.order[ks]
-        [(src, _, t, w, seg)] = _row_plan(index, lengths[ks], first - p0s, 0, spec.position, "cpu")
+        [(src, _, t, w, seg)] = row_plan(index, lengths[ks], first - p0s, 0, spec.position, "cpu")
         # Gather only the selected tokens: the rows then index a compact [1, R, D] tensor.
         sel, t_compact = torch.unique(t, return_inverse=True)
         dev = positions.device
@@ -487,7 +487,7 @@ class _Capture:
             self.reducer.layer(slot, batch, sources)
         if layer == self.deepest:
             self.step = None
-            _check_finite(self.reducer.end(batch), self.spec.layers, self.model)
+            check_finite(self.reducer.end(batch), self.spec.layers, self.model)
             self.captured += len(batch.index)
 
 

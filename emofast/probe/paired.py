@@ -23,11 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._version import __version__
+from .._version import __version__
+from ..data.pairs import PairedDataset
+from ..fileio import write_json
 from .calibration import Calibrator, calibration_report, fit_platt, fit_temperature
-from .data import PairedDataset
 from .directions import METHODS, logistic, mean_diff, shrinkage_lda
-from .layer_policy import choose_layers
+from .layers import choose_layers
 
 __all__ = [
     "PairedProbe",
@@ -212,7 +213,7 @@ class PairedProbe:
             input order, columns in pair order (see :func:`side_columns` for shared side names). ``stats``, if a
             dict, receives the pass's ``texts``, ``tokens`` and ``seconds``.
         """
-        from .api import project
+        from ..capture.api import project
 
         layers = self.scoring_layers()
         proj, norms = project(
@@ -276,7 +277,7 @@ class PairedProbe:
             layers: candidate layers (default all ``0..L``).
             runner: a :class:`emofast.distributed.ShardedRunner` to share the passes among ranks.
         """
-        from .distributed import Runner
+        from ..capture.distributed import Runner
 
         runner = runner or Runner()
         probe = cls.fit_directions(
@@ -351,8 +352,8 @@ class PairedProbe:
         Returns:
             ``(probe, [baseline probes])``.
         """
-        from .distributed import Runner
-        from .models import model_dtype, model_id, num_layers
+        from ..capture.distributed import Runner
+        from ..capture.models import model_dtype, model_id, num_layers
 
         runner = runner or Runner()
         if method not in METHODS:
@@ -470,7 +471,7 @@ class PairedProbe:
         tmp = folder / (PROBE_FILE + ".tmp")
         save_file(tensors, str(tmp), metadata={"emofast": "paired-probe", "spec": json.dumps(spec, sort_keys=True)})
         tmp.replace(folder / PROBE_FILE)
-        _write_json(folder / PROBE_JSON, spec)
+        write_json(folder / PROBE_JSON, spec)
         return folder
 
     def _spec(self) -> dict:
@@ -552,7 +553,3 @@ def _template_hash(tokenizer) -> str | None:
     return hashlib.sha256(str(tpl).encode()).hexdigest()
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    tmp.replace(path)

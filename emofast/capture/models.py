@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 __all__ = [
-    "load_model",
+    "load_hf_model",
+    "as_dtype",
     "resolve_layout",
     "Layout",
     "default_model_dir",
@@ -322,7 +323,8 @@ _DTYPES = {
 }
 
 
-def _as_dtype(dtype, device: torch.device) -> torch.dtype:
+def as_dtype(dtype, device: torch.device) -> torch.dtype:
+    """``dtype`` (a name, ``"auto"`` or a torch dtype) as a torch dtype for ``device``."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):
@@ -349,17 +351,16 @@ def model_id(model: nn.Module) -> str:
     return str(getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__)
 
 
-def load_model(
+def load_hf_model(
     name_or_path: str,
     *,
     dtype="auto",
     device=None,
     device_map=None,
     revision: str | None = None,
-    backend: str = "hf",
     **kwargs,
 ):
-    """Load a causal LM and its tokenizer, ready for :func:`emofast.extract`.
+    """Load a Hugging Face causal LM and its tokenizer (the ``"hf"`` backend of :func:`emofast.load_model`).
 
     Args:
         name_or_path: a hub id or a local folder, exactly as ``from_pretrained`` takes it, ``"smollm2"`` for
@@ -369,7 +370,6 @@ def load_model(
         device: where to put the model (default: ``cuda`` if available, else ``cpu``); ignored with ``device_map``.
         device_map: passed to ``from_pretrained`` (e.g. ``"auto"`` to spread a big model over GPUs).
         revision: hub revision.
-        backend: ``"hf"`` (transformers) or ``"vllm"`` (see :mod:`emofast.backends.vllm`).
         **kwargs: passed to ``from_pretrained`` (e.g. ``tp_plan="auto"``, ``trust_remote_code=True``).
 
     Returns:
@@ -379,12 +379,6 @@ def load_model(
     Example:
         >>> model, tok = emofast.load_model("smollm2")   # doctest: +SKIP
     """
-    if backend == "vllm":
-        from .backends import vllm as vllm_backend
-
-        return vllm_backend.load_model(name_or_path, dtype=dtype, revision=revision, **kwargs)
-    if backend != "hf":
-        raise ValueError(f"backend={backend!r}: expected 'hf' or 'vllm'")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if name_or_path == DEFAULT_MODEL:
@@ -394,7 +388,7 @@ def load_model(
     else:
         source = name_or_path
     dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-    torch_dtype = _as_dtype(
+    torch_dtype = as_dtype(
         dtype, dev if device_map is None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     )
     tok = AutoTokenizer.from_pretrained(source, revision=revision)

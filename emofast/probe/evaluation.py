@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .calibration import calibration_report
-from .probe import PairedProbe, SplitIndex
+from .paired import PairedProbe, SplitIndex
 from .stats import auroc, balanced_accuracy, bootstrap_ci, separation
 
 __all__ = [

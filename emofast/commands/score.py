@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .textio import BadRecord, input_files, iter_records, sha256_file
+from ..data.textio import BadRecord, input_files, iter_records, sha256_file
+from ..fileio import atomic_write_bytes, write_json
 
 __all__ = ["score_corpus", "CheckpointError", "ScoreSummary", "fingerprint_inputs", "count_records"]
 
@@ -95,19 +96,6 @@ def count_records(path) -> int:
     return max(total, 0)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, obj) -> None:
-    _atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
-
-
 class _Checkpoint:
     """A rank's progress, sealed with a SHA-256 of its own content so that corruption is detected."""
 
@@ -154,7 +142,7 @@ class _Checkpoint:
         self.chunks.append({"index": index, "rows": rows, "errors": errors, "sha256": sha})
         self.resume = list(resume)
         body = {"identity": self.identity, "chunks": self.chunks, "resume": self.resume}
-        _write_json(self.path, {"body": body, "sha256": self._seal(body)})
+        write_json(self.path, indent=1, sort_keys=True, obj={"body": body, "sha256": self._seal(body)})
 
 
 def _part_name(k: int) -> str:
@@ -285,7 +273,7 @@ def score_corpus(
         tmp = part.with_name(part.name + f".tmp{os.getpid()}")
         pq.write_table(table, tmp)
         os.replace(tmp, part)
-        _atomic_write_bytes(
+        atomic_write_bytes(
             work / _errors_name(k),
             "".join(
                 json.dumps({"source": b.source, "line": b.line, "problem": b.problem}) + "\n" for b in bad
@@ -360,7 +348,7 @@ def _finish(work: Path, single: Path | None, world_size: int) -> None:
         for c in chunks:
             f.write((work / _errors_name(c["index"])).read_bytes())
     os.replace(work / "errors.jsonl.tmp", work / "errors.jsonl")
-    _write_json(work / "manifest.json", manifest)
+    write_json(work / "manifest.json", indent=1, sort_keys=True, obj=manifest)
     if single is None:
         return
     tmp = single.with_name(single.name + ".tmp")

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import PairedDataset, load_pairs
-from .evaluation import (
+from ..data.pairs import PairedDataset, load_pairs
+from ..fileio import write_json
+from ..probe.evaluation import (
     cross_reading,
     direction_cosines,
     evaluate_split,
@@ -26,7 +27,7 @@ from .evaluation import (
     per_layer_curves,
     reliability_curves,
 )
-from .probe import (
+from ..probe.paired import (
     DEFAULT_METHOD,
     DEFAULT_POLICY,
     DEFAULT_SYSTEM_PROMPT,
@@ -34,9 +35,8 @@ from .probe import (
     SCORES,
     PairedProbe,
     SplitIndex,
-    _write_json,
 )
-from .profile import profile_rows
+from ..probe.profile import profile_rows
 
 __all__ = ["run", "RunResult", "default_run_dir"]
 
@@ -124,8 +124,9 @@ def run(
         >>> res = emofast.workflow.run("smollm2", out="runs/smollm2")   # doctest: +SKIP
         >>> res.metrics["summary"]["mean_balanced_accuracy"]              # doctest: +SKIP
     """
-    from .distributed import Runner
-    from .models import load_model, model_id
+    from ..capture.distributed import Runner
+    from ..capture.loader import load_model
+    from ..capture.models import model_id
 
     t0 = time.perf_counter()
     timing = {}
@@ -205,7 +206,7 @@ def run(
     probe.save(out)
     metrics = {"model": probe.meta["model"], "probe": probe._spec(), **metrics}
     metrics = _round(metrics)
-    _write_json(out / "metrics.json", metrics)
+    write_json(out / "metrics.json", metrics)
     profile = profile_rows(metrics)
     _write_csv(out / "profile.csv", _round(profile, 2))
     _write_csv(out / "pairs.csv", _pairs_rows(probe, metrics))
@@ -214,9 +215,9 @@ def run(
     timing["texts_projected"] = len(texts)
     timing["texts_in_train_pass"] = len(splits["train"].texts)
     timing["ranks"] = runner.world_size
-    _write_json(out / "timing.json", _round(timing, 2))
+    write_json(out / "timing.json", _round(timing, 2))
     if report:
-        from .report import write_run_report
+        from ..report import write_run_report
 
         write_run_report(out)
     runner.barrier()
@@ -243,7 +244,7 @@ def _shuffled(baselines, base_scores, offsets, splits, policy, width, calibratio
 
 
 def _model_source(name: str) -> str:
-    from .models import DEFAULT_MODEL, SMOLLM2_GGUF
+    from ..capture.models import DEFAULT_MODEL, SMOLLM2_GGUF
 
     if name == DEFAULT_MODEL:
         from importlib.metadata import version

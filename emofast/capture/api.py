@@ -8,8 +8,9 @@ import numpy as np
 import torch
 
 from .accumulator import Accumulator
-from .engine import Options, normalize_layers, resolve_position, run_pass
+from .engine import run_pass
 from .models import model_id, num_layers, resolve_layout
+from .plan import Options, normalize_layers, resolve_position
 from .reducers import ClassSumReducer, ProjectionReducer, RowsReducer
 
 __all__ = ["extract", "accumulate", "accumulate_sets", "project"]

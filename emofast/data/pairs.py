@@ -151,7 +151,7 @@ def load_jsonl(path, seen: dict | None = None) -> list[tuple[str, str]]:
 
 def bundled_path() -> Path:
     """Folder of the bundled emotion data (five pairs, train/val/test, and a neutral set)."""
-    return Path(str(resources.files("emofast.datasets") / "emotions"))
+    return Path(str(resources.files("emofast.data.datasets") / "emotions"))
 
 
 def _discover(root: Path) -> dict[str, dict[tuple[str, str], Path]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import kernels
+from .. import kernels
 
 __all__ = ["RowsReducer", "ClassSumReducer", "ProjectionReducer", "reduce_batch"]
 
