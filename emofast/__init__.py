@@ -32,6 +32,9 @@ __all__ = [
     "resolve_layout",
     "PairedProbe",
     "load_probe",
+    "trace",
+    "steer",
+    "Steering",
     "kernels",
 ]
 
@@ -45,11 +48,14 @@ _LAZY = {
     "NonFiniteError": ("emofast.capture.plan", "NonFiniteError"),
     "PairedProbe": ("emofast.probe.paired", "PairedProbe"),
     "load_probe": ("emofast.probe.paired", "load_probe"),
+    "trace": ("emofast.generation.trace", "trace"),
+    "steer": ("emofast.generation.steer", "steer"),
+    "Steering": ("emofast.generation.steer", "Steering"),
     "kernels": ("emofast.kernels", None),
 }
 
 
-_SUBMODULES = {"capture", "backends", "kernels", "probe", "data", "commands", "report", "cli", "fileio"}
+_SUBMODULES = {"capture", "generation", "backends", "kernels", "probe", "data", "commands", "report", "cli", "fileio"}
 
 
 def __getattr__(name: str):

@@ -1,0 +1,249 @@
+"""Per-token readings of a probe while the model generates.
+
+:func:`trace` generates with the KV cache (batched, left-padded) and, at each of the probe's scoring layers, hooks
+the residual stream: at every step it projects the step's hidden states on the probe's directions on the device
+and keeps only the projections and the norms (``K + 1`` numbers per token and layer), never the hidden states.
+The probe turns them into its calibrated readings (:meth:`PairedProbe.columns`; an emotion-space probe offers the
+same method), one row per token.
+
+The reading of token ``j`` is the residual at position ``j``, the state from which the model produces token
+``j + 1``; for the last prompt token this is the study's reading of the prompt. Generation never feeds back its
+last token, so one extra cached step reads it.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from ..capture.models import resolve_layout
+from ..capture.prompts import check_texts, render_prompts
+from .hooks import input_device, residual_hook
+
+__all__ = ["trace", "trace_rows", "Recorder", "encode_prompts", "generation_kwargs"]
+
+
+class Recorder:
+    """Hooks that keep, per scoring layer and step, projections ``[B, T, K]`` and norms ``[B, T]`` on the device.
+
+    Example:
+        >>> with Recorder(model, probe) as rec:         # doctest: +SKIP
+        ...     model.generate(**enc, max_new_tokens=8)
+        >>> proj, norms = rec.stacked()                 # [B, T, nL, K], [B, T, nL]
+    """
+
+    def __init__(self, model, probe, layers=None):
+        self.layout = resolve_layout(model)
+        self.layers = list(layers) if layers is not None else probe.scoring_layers()
+        dirs = probe.directions_for(self.layers)  # [nL, K, D]
+        self.dirs = dirs.to(input_device(model), torch.float32)
+        self.steps: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in self.layers]
+        self.handles = []
+
+    def _hook(self, slot):
+        d = self.dirs[slot]
+
+        def read(hidden):
+            h = hidden.to(d.device, torch.float32)
+            self.steps[slot].append((h @ d.T, torch.linalg.vector_norm(h, dim=-1)))
+
+        return read
+
+    def __enter__(self):
+        self.handles = [residual_hook(self.layout, layer, self._hook(i)) for i, layer in enumerate(self.layers)]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+    def clear(self):
+        self.steps = [[] for _ in self.layers]
+
+    def stacked(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(proj [B, T, nL, K], norms [B, T, nL])`` on the CPU, the steps concatenated along ``T`` (one copy)."""
+        proj = torch.stack([torch.cat([p for p, _ in s], dim=1) for s in self.steps], dim=2)
+        norms = torch.stack([torch.cat([n for _, n in s], dim=1) for s in self.steps], dim=2)
+        return proj.cpu(), norms.cpu()
+
+
+def encode_prompts(tok, prompts, *, chat_template: bool, system_prompt: str | None, device):
+    """Render (chat template) and tokenize with left padding: ``(input_ids [B, P], attention_mask [B, P])``."""
+    texts = render_prompts(tok, prompts, chat_template, system_prompt if chat_template else None)
+    add_special = not chat_template  # a rendered template already holds its special tokens
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=add_special)
+    if tok.padding_side != "left":
+        raise ValueError("the tokenizer must pad on the left for batched generation (emofast.load_model sets it)")
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+
+def generation_kwargs(tok, *, max_new_tokens: int, do_sample: bool, temperature=None, top_p=None) -> dict:
+    kw = {"max_new_tokens": int(max_new_tokens), "do_sample": bool(do_sample), "pad_token_id": tok.pad_token_id}
+    if do_sample:
+        kw.update({"temperature": temperature or 0.8, "top_p": top_p or 0.95})
+    else:
+        kw.update({"temperature": None, "top_p": None, "top_k": None})
+    return kw
+
+
+def _read_last(model, out, mask):
+    """Run the last generated token through the model once more (cached), so that it gets a reading."""
+    cache = getattr(out, "past_key_values", None)
+    if cache is None:
+        cache = getattr(out, "cache", None)
+    if cache is None:
+        raise RuntimeError("generate returned no cache")
+    arg = resolve_layout(model).cache_arg or "past_key_values"
+    seq = out.sequences
+    full = torch.cat(
+        [mask, torch.ones(seq.shape[0], seq.shape[1] - mask.shape[1], dtype=mask.dtype, device=mask.device)], 1
+    )
+    pos = (full.long().cumsum(-1) - 1).clamp(min=0)[:, -1:]
+    with torch.inference_mode():
+        model(input_ids=seq[:, -1:], attention_mask=full, position_ids=pos, **{arg: cache})
+
+
+def trace(
+    model,
+    tok,
+    prompts,
+    probe,
+    *,
+    max_new_tokens: int = 64,
+    do_sample: bool = False,
+    seed: int = 0,
+    chat_template: bool = True,
+    include_prompt: bool = True,
+    batch_size: int | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    ids=None,
+):
+    """Generate from ``prompts`` and read ``probe`` at every token.
+
+    Args:
+        model, tok: a Hugging Face causal LM and its tokenizer (:func:`emofast.load_model`).
+        prompts: the user turns (rendered with the chat template and the probe's system prompt when
+            ``chat_template`` and the tokenizer has a template; fed as they are otherwise).
+        probe: a fitted :class:`~emofast.PairedProbe` (or any probe with ``scoring_layers``, ``directions_for``,
+            ``extraction``, ``columns`` and ``column_names``, such as an emotion space).
+        max_new_tokens, do_sample, seed, temperature, top_p: generation settings (greedy by default;
+            ``torch.manual_seed(seed + batch)`` before each batch).
+        include_prompt: also return the prompt's own tokens (``is_generated = False``).
+        batch_size: prompts per batch (default: all at once, at most 32).
+        ids: a name per prompt (default ``"0"``, ``"1"``, ...).
+
+    Returns:
+        A ``pyarrow.Table``, one row per token: ``prompt_id``, ``token_index`` (0 = the first prompt token; the
+        template's tokens count), ``token`` (its text), ``is_generated``, then the probe's columns (for a pair
+        probe: per pair the raw score and ``p_<left>``, ``p_<right>``). Padding, and whatever follows an
+        end-of-sequence token, is dropped. The schema metadata ``generated_texts`` holds the generated texts (a
+        JSON list, in prompt order).
+
+    Example:
+        >>> t = emofast.trace(model, tok, ["Tell me about your day."], probe, max_new_tokens=16)   # doctest: +SKIP
+        >>> t.column_names[:4]
+        ['prompt_id', 'token_index', 'token', 'is_generated']
+    """
+    import json
+
+    import pyarrow as pa
+
+    rows, texts = trace_rows(
+        model,
+        tok,
+        prompts,
+        probe,
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        seed=seed,
+        chat_template=chat_template,
+        include_prompt=include_prompt,
+        batch_size=batch_size,
+        temperature=temperature,
+        top_p=top_p,
+        ids=ids,
+    )
+    return pa.table(rows, metadata={"generated_texts": json.dumps(texts)})
+
+
+def trace_rows(
+    model,
+    tok,
+    prompts,
+    probe,
+    *,
+    max_new_tokens,
+    do_sample,
+    seed,
+    chat_template,
+    include_prompt,
+    batch_size,
+    temperature,
+    top_p,
+    ids,
+):
+    """:func:`trace`'s work: ``(columns dict, generated texts [N])``."""
+    prompts = check_texts(prompts)
+    ids = [str(i) for i in range(len(prompts))] if ids is None else [str(i) for i in ids]
+    if len(ids) != len(prompts):
+        raise ValueError(f"{len(ids)} ids for {len(prompts)} prompts")
+    chat_template = bool(chat_template and getattr(tok, "chat_template", None) is not None)
+    system_prompt = probe.extraction().get("system_prompt") if chat_template else None
+    bs = batch_size or min(32, max(1, len(prompts)))
+    kw = generation_kwargs(
+        tok, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p
+    )
+    layers = probe.scoring_layers()
+    cols: dict[str, list] = {"prompt_id": [], "token_index": [], "token": [], "is_generated": []}
+    readings: list[dict] = []
+    texts: list[str] = []
+    eos = {tok.eos_token_id, tok.pad_token_id} - {None}
+    was_training = model.training
+    model.eval()
+    try:
+        for b0 in range(0, len(prompts), bs):
+            batch = prompts[b0 : b0 + bs]
+            input_ids, mask = encode_prompts(
+                tok, batch, chat_template=chat_template, system_prompt=system_prompt, device=input_device(model)
+            )
+            torch.manual_seed(seed + b0 // bs)
+            with Recorder(model, probe, layers) as rec, torch.inference_mode():
+                out = model.generate(input_ids=input_ids, attention_mask=mask, return_dict_in_generate=True, **kw)
+                try:
+                    _read_last(model, out, mask)
+                except Exception as exc:  # an architecture whose cache refuses the extra step
+                    warnings.warn(f"the last generated token gets no reading ({exc})", RuntimeWarning, stacklevel=2)
+            proj, norms = rec.stacked()  # [B, T, nL, K], [B, T, nL]
+            seq = out.sequences.cpu()
+            P = input_ids.shape[1]
+            m = mask.cpu().bool()
+            for i in range(len(batch)):
+                gen = seq[i, P:].tolist()
+                n_gen = next((k for k, t in enumerate(gen) if t in eos), len(gen))
+                texts.append(tok.decode(gen[:n_gen], skip_special_tokens=True))
+                prompt_pos = torch.nonzero(m[i]).flatten().tolist() if include_prompt else []
+                positions = prompt_pos + [P + k for k in range(n_gen) if P + k < proj.shape[1]]
+                if not positions:
+                    continue
+                first = int(torch.nonzero(m[i]).flatten()[0])
+                pos_t = torch.tensor(positions)
+                col = probe.columns(proj[i, pos_t], norms[i, pos_t], layers)
+                readings.append(col)
+                tokens = seq[i, pos_t].tolist()
+                cols["prompt_id"] += [ids[b0 + i]] * len(positions)
+                cols["token_index"] += [p - first for p in positions]
+                cols["token"] += [tok.decode([t]) for t in tokens]
+                cols["is_generated"] += [p >= P for p in positions]
+            del rec
+    finally:
+        if was_training:
+            model.train()
+    names = probe.column_names()
+    for name in names:
+        cols[name] = np.concatenate([r[name] for r in readings]) if readings else np.zeros(0, dtype=np.float32)
+    cols["token_index"] = np.asarray(cols["token_index"], dtype=np.int64)
+    return cols, texts

@@ -1,0 +1,151 @@
+"""Tracing and steering on a tiny random model: the readings equal an uncached forward of the same tokens, the
+last prompt token reads as the probe's own score, steering moves the steered layer by exactly alpha·σ, and the
+hooks leave nothing behind."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tiny
+import torch
+from test_workflow import write_pairs
+
+import emofast
+from emofast.data import load_pairs
+from emofast.generation import Steering, steer, steering_scales, trace
+from emofast.generation.trace import Recorder, encode_prompts
+from emofast.probe import PairedProbe
+
+PROMPTS = ["I lost my keys on the train.", "We sat by the lake", "The meeting moved to Thursday at ten."]
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    root = write_pairs(tmp_path_factory.mktemp("gen") / "data")
+    model, tok = tiny.model("llama"), tiny.tokenizer()
+    tok.padding_side, tok.pad_token = "left", "<pad>"
+    data = load_pairs(root)
+    return model, tok, data, PairedProbe.fit(model, tok, data, width=2)
+
+
+def _uncached_columns(model, tok, probe, ids):
+    """The probe's columns at every position of ``ids`` [T] from a plain forward with output_hidden_states."""
+    with torch.no_grad():
+        hs = model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
+    layers = probe.scoring_layers()
+    x = torch.stack([hs[layer][0] for layer in layers], dim=1)  # [T, nL, D]
+    dirs = probe.directions_for(layers)  # [nL, K, D]
+    proj = torch.einsum("tld,lkd->tlk", x, dirs)
+    return probe.columns(proj, x.norm(dim=-1), layers)
+
+
+def test_trace_readings_equal_an_uncached_forward_of_the_same_tokens(fitted):
+    model, tok, _, probe = fitted
+    t = trace(model, tok, PROMPTS, probe, max_new_tokens=6)
+    texts = json.loads(t.schema.metadata[b"generated_texts"])
+    assert len(texts) == len(PROMPTS)
+    rows = t.to_pylist()
+    assert {r["prompt_id"] for r in rows} == {"0", "1", "2"}
+    for pid in range(len(PROMPTS)):
+        mine = [r for r in rows if r["prompt_id"] == str(pid)]
+        assert [r["token_index"] for r in mine] == list(range(len(mine)))
+        assert any(r["is_generated"] for r in mine) and not mine[0]["is_generated"]
+        enc, _ = encode_prompts(
+            tok, [PROMPTS[pid]], chat_template=True, system_prompt=probe.extraction()["system_prompt"], device="cpu"
+        )
+        n_prompt = enc.shape[1]
+        assert sum(not r["is_generated"] for r in mine) == n_prompt
+    # the oracle: rerun prompt + generated tokens without a cache, unbatched
+    enc, mask = encode_prompts(
+        tok, PROMPTS, chat_template=True, system_prompt=probe.extraction()["system_prompt"], device="cpu"
+    )
+    out = model.generate(
+        input_ids=enc, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id
+    )
+    for pid in range(len(PROMPTS)):
+        mine = [r for r in rows if r["prompt_id"] == str(pid)]
+        real = out[pid][mask[pid].bool().tolist() + [True] * (out.shape[1] - enc.shape[1])].tolist()[: len(mine)]
+        ref = _uncached_columns(model, tok, probe, real)
+        for name in probe.column_names():
+            got = np.array([r[name] for r in mine])
+            np.testing.assert_allclose(got, ref[name], atol=2e-4, rtol=1e-3)
+
+
+def test_last_prompt_token_reads_as_the_probe_score(fitted):
+    model, tok, _, probe = fitted
+    t = trace(model, tok, PROMPTS, probe, max_new_tokens=2).to_pylist()
+    scores = probe.score(model, tok, PROMPTS)
+    for pid in range(len(PROMPTS)):
+        last_prompt = [r for r in t if r["prompt_id"] == str(pid) and not r["is_generated"]][-1]
+        for name in probe.names:
+            assert last_prompt[name] == pytest.approx(float(scores[name][pid]), abs=2e-4)
+
+
+def test_include_prompt_false_and_generated_only(fitted):
+    model, tok, _, probe = fitted
+    t = trace(model, tok, PROMPTS[:1], probe, max_new_tokens=4, include_prompt=False).to_pylist()
+    assert t and all(r["is_generated"] for r in t)
+
+
+def test_steering_moves_the_steered_layer_by_alpha_sigma(fitted):
+    model, tok, data, probe = fitted
+    name = "sad_vs_happy"
+    scales = steering_scales(model, tok, probe, data, pairs=[name])
+    assert set(scales[name]) == set(probe.chosen[name]) and all(s > 0 for s in scales[name].values())
+    layer = probe.chosen[name][0]
+    p = probe.names.index(name)
+    enc, mask = encode_prompts(tok, PROMPTS, chat_template=True, system_prompt=None, device="cpu")
+
+    def read(alpha, where):
+        with Steering(model, probe, {name: alpha}, scales=scales, where=where):
+            with Recorder(model, probe, [layer]) as rec, torch.no_grad():
+                model(input_ids=enc, attention_mask=mask)
+        return rec.stacked()[0][:, :, 0, p]  # [B, T]
+
+    base = read(0.0, "all")
+    moved = read(3.0, "all")
+    np.testing.assert_allclose((moved - base).numpy(), 3.0 * scales[name][layer], rtol=1e-3, atol=1e-5)
+    gen = read(3.0, "generated")  # the prompt step: only the last position is steered
+    np.testing.assert_allclose(gen[:, :-1].numpy(), base[:, :-1].numpy(), atol=1e-6)
+    np.testing.assert_allclose((gen[:, -1] - base[:, -1]).numpy(), 3.0 * scales[name][layer], rtol=1e-3)
+
+
+def test_steering_hooks_are_removed_and_zero_alpha_changes_nothing(fitted):
+    model, tok, data, probe = fitted
+    scales = steering_scales(model, tok, probe, data)
+
+    def n_hooks():
+        return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+    before = n_hooks()  # transformers keeps hooks of its own on some modules
+    plain = steer(model, tok, PROMPTS, probe, {"sad_vs_happy": 0.0}, scales=scales, max_new_tokens=5)
+    pushed = steer(model, tok, PROMPTS, probe, {"sad_vs_happy": 50.0}, scales=scales, max_new_tokens=5, where="all")
+    again = steer(model, tok, PROMPTS, probe, {"sad_vs_happy": 0.0}, scales=scales, max_new_tokens=5)
+    assert plain == again
+    assert pushed != plain
+    n_hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    assert n_hooks == 0
+
+
+def test_steer_with_trace_reads_the_steered_states(fitted):
+    model, tok, data, probe = fitted
+    scales = steering_scales(model, tok, probe, data)
+    name = "sad_vs_happy"
+    _, t0 = steer(model, tok, PROMPTS[:1], probe, {name: 0.0}, scales=scales, max_new_tokens=4, trace=True)
+    _, t1 = steer(model, tok, PROMPTS[:1], probe, {name: 8.0}, scales=scales, max_new_tokens=4, trace=True)
+    g0 = [r[name] for r in t0.to_pylist() if r["is_generated"]]
+    g1 = [r[name] for r in t1.to_pylist() if r["is_generated"]]
+    assert np.mean(g1) > np.mean(g0)
+
+
+def test_bad_input(fitted):
+    model, tok, _, probe = fitted
+    with pytest.raises(ValueError, match="unknown pair"):
+        Steering(model, probe, {"joy_vs_grief": 1.0}, scales={})
+    with pytest.raises(ValueError, match="where"):
+        Steering(model, probe, {"sad_vs_happy": 1.0}, scales={}, where="prompt")
+    with pytest.raises(ValueError, match="empty"):
+        trace(model, tok, [""], probe)
+    assert emofast.trace is trace and emofast.steer is steer
