@@ -125,8 +125,7 @@ def test_steering_hooks_are_removed_and_zero_alpha_changes_nothing(fitted):
     again = steer(model, tok, PROMPTS, probe, {"sad_vs_happy": 0.0}, scales=scales, max_new_tokens=5)
     assert plain == again
     assert pushed != plain
-    n_hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
-    assert n_hooks == 0
+    assert n_hooks() == before
 
 
 def test_steer_with_trace_reads_the_steered_states(fitted):
