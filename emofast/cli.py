@@ -103,6 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="report folder")
 
     sub.add_parser("info", help="versions, devices and which kernels load")
+    from .commands.generation import add_parsers
+
+    add_parsers(sub, _add_model_args)
     return ap
 
 
@@ -280,7 +283,10 @@ def cmd_info(args) -> int:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    from .commands.generation import HANDLERS
+
     handlers = {"run": cmd_run, "score": cmd_score, "extract": cmd_extract, "compare": cmd_compare, "info": cmd_info}
+    handlers.update({k: (lambda a, f=f: f(a, _load)) for k, f in HANDLERS.items()})
     from .commands.score import CheckpointError
 
     try:

@@ -148,3 +148,43 @@ def test_bad_input(fitted):
     with pytest.raises(ValueError, match="empty"):
         trace(model, tok, [""], probe)
     assert emofast.trace is trace and emofast.steer is steer
+
+
+def test_cli_trace_and_generate(fitted, tmp_path, capsys):
+    from emofast.cli import main
+
+    model, tok, data, probe = fitted
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    probe.save(tmp_path / "run")
+    base = ["--model", str(tmp_path / "model"), "--probe", str(tmp_path / "run"), "--max-new-tokens", "3"]
+    out = tmp_path / "t.parquet"
+    rc = main(
+        [
+            "trace",
+            *base,
+            "--prompt",
+            "I lost my keys.",
+            "--prompt",
+            "We sat by the lake",
+            "--out",
+            str(out),
+            "--plot",
+            str(tmp_path / "t.png"),
+            "--html",
+            str(tmp_path / "t.html"),
+            "--no-progress",
+        ]
+    )
+    assert rc == 0
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(out)
+    assert set(t.column("prompt_id").to_pylist()) == {"0", "1"} and "sad_vs_happy" in t.column_names
+    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+    page = (tmp_path / "t.html").read_text()
+    assert "<span class='t gen'" in page and "sad_vs_happy" in page
+    rc = main(["generate", *base, "--prompt", "I lost my keys.", "--steer", "sad_vs_happy=+4", "--no-progress"])
+    assert rc == 0 and "[0]" in capsys.readouterr().out
+    assert main(["generate", *base, "--prompt", "x", "--steer", "sad_vs_happy"]) == 2
+    assert "PAIR=ALPHA" in capsys.readouterr().err

@@ -26,6 +26,7 @@ from pathlib import Path
 from .common import load_runs
 from .doc import write_doc
 from .sections import build_doc
+from .steering import section_steering, steer_checks
 from .tables import write_csvs
 
 __all__ = ["compare", "write_run_report"]
@@ -70,4 +71,6 @@ def write_run_report(run_dir: Path) -> Path:
     """
     run_dir = Path(run_dir)
     (run,) = load_runs([run_dir])
-    return write_doc(build_doc([run], f"emofast run report: {run.label}"), run_dir)
+    doc = build_doc([run], f"emofast run report: {run.label}")
+    section_steering(doc, steer_checks(run_dir))
+    return write_doc(doc, run_dir)

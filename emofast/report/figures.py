@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from .common import NA, Run, f3, layer_span, num
 
 __all__ = [
+    "new_figure",
+    "png_bytes",
     "plotting",
     "fig_profile",
     "fig_grouped_bars",
@@ -64,6 +66,11 @@ def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
     return buf.getvalue()
+
+
+#: Public names for the figure helpers, for report modules beside this one.
+new_figure = _figure
+png_bytes = _png
 
 
 def _colour(i: int):

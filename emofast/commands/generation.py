@@ -1,0 +1,181 @@
+"""``emofast trace | generate | steer-check``: the generation-time commands (parsers and handlers; ``cli`` wires
+them in)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+__all__ = ["add_parsers", "HANDLERS", "parse_steer"]
+
+
+def parse_steer(specs) -> dict:
+    """``["sad_vs_happy=+4", ...]`` -> ``{"sad_vs_happy": 4.0}``."""
+    out = {}
+    for spec in specs or []:
+        name, sep, value = spec.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"--steer {spec!r}: expected PAIR=ALPHA, e.g. sad_vs_happy=+4") from None
+    return out
+
+
+def add_parsers(sub, add_model_args) -> None:
+    """Add the three subcommands to the CLI's subparsers."""
+    for name, helptext in (
+        ("trace", "read a probe at every token while the model writes (table, plot, coloured HTML)"),
+        ("generate", "generate text, optionally steered along a probe's directions"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        add_model_args(p, default_model=None)
+        p.add_argument("--probe", required=True, help="run folder written by 'emofast run'")
+        src = p.add_mutually_exclusive_group(required=True)
+        src.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+        src.add_argument("--input", help="prompts file (.jsonl with id/text, .txt, .csv, .parquet)")
+        p.add_argument("--max-new-tokens", type=int, default=64)
+        p.add_argument("--sample", action="store_true", help="sample (default: greedy)")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--steer", action="append", default=None, help="PAIR=ALPHA, e.g. sad_vs_happy=+4 (repeatable)")
+        p.add_argument("--where", default="generated", choices=["generated", "all"], help="which positions to steer")
+        if name == "trace":
+            p.add_argument("--out", required=True, help="trace table: .parquet or .csv")
+            p.add_argument("--plot", default=None, help="PNG of the readings over tokens (first prompt)")
+            p.add_argument("--html", default=None, help="page with the text coloured by the leading reading")
+            p.add_argument("--no-prompt", action="store_true", help="only the generated tokens")
+    c = sub.add_parser("steer-check", help="causal check: steer along a pair's direction; does an outside judge move?")
+    add_model_args(c, default_model=None)
+    c.add_argument("--probe", required=True, help="run folder written by 'emofast run'")
+    c.add_argument("--pair", required=True, help="LEFT_vs_RIGHT")
+    c.add_argument("--alphas", default="-8,-4,-2,0,2,4,8", help="comma-separated alphas (natural units)")
+    c.add_argument("--prompts", type=int, default=32, help="how many bundled neutral prompts")
+    c.add_argument("--max-new-tokens", type=int, default=40)
+    c.add_argument("--greedy", action="store_true", help="greedy decoding (default: sampling with fixed seeds)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--n-boot", type=int, default=1000)
+    c.add_argument(
+        "--out", default=None, help="folder (default RUN/steer-check-<pair>; the run report gains a section)"
+    )
+
+
+def _prompts(args) -> tuple[list[str], list[str]]:
+    if args.prompt:
+        return [str(i) for i in range(len(args.prompt))], list(args.prompt)
+    from ..data.textio import iter_records
+
+    ids, texts = [], []
+    for batch in iter_records(args.input):
+        for rec in batch:
+            if getattr(rec, "text", None) is None:
+                continue
+            ids.append(str(rec.id))
+            texts.append(rec.text)
+    if not texts:
+        raise ValueError(f"{args.input}: no prompts found")
+    return ids, texts
+
+
+def _model_and_probe(args, load):
+    from ..probe.paired import load_probe
+
+    probe = load_probe(args.probe)
+    name = args.model or probe.meta.get("model_load") or probe.meta["model"]
+    model, tok = load(args, name)
+    return model, tok, probe
+
+
+def cmd_trace(args, load) -> int:
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from ..generation.steer import Steering
+    from ..generation.trace import trace
+    from ..report.steering import fig_trace, trace_html
+
+    model, tok, probe = _model_and_probe(args, load)
+    ids, texts = _prompts(args)
+    alphas = parse_steer(args.steer)
+    out = Path(args.out)
+    if out.suffix not in (".parquet", ".csv"):
+        raise ValueError(f"--out {out}: expected a .parquet or .csv file")
+    kw = {"max_new_tokens": args.max_new_tokens, "do_sample": args.sample, "seed": args.seed, "ids": ids}
+    if alphas:
+        with Steering(model, probe, alphas, where=args.where, tok=tok):
+            table = trace(model, tok, texts, probe, include_prompt=not args.no_prompt, **kw)
+    else:
+        table = trace(model, tok, texts, probe, include_prompt=not args.no_prompt, **kw)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    (pq.write_table if out.suffix == ".parquet" else pacsv.write_csv)(table, str(out))
+    rows = table.to_pylist()
+    if args.plot:
+        Path(args.plot).write_bytes(fig_trace(rows, ids[0]))
+    if args.html:
+        Path(args.html).write_text(trace_html(rows), encoding="utf-8")
+    for i, t in zip(ids, json.loads(table.schema.metadata[b"generated_texts"])):
+        print(f"[{i}] {t}")
+    print(f"wrote {out} ({table.num_rows} tokens)")
+    return 0
+
+
+def cmd_generate(args, load) -> int:
+    from ..generation.steer import steer
+
+    model, tok, probe = _model_and_probe(args, load)
+    ids, texts = _prompts(args)
+    outs = steer(
+        model,
+        tok,
+        texts,
+        probe,
+        parse_steer(args.steer),
+        where=args.where,
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.sample,
+        seed=args.seed,
+    )
+    for i, t in zip(ids, outs):
+        print(f"[{i}] {t}")
+    return 0
+
+
+def cmd_steer_check(args, load) -> int:
+    from .steer_check import steer_check
+
+    model, tok, probe = _model_and_probe(args, load)
+    try:
+        alphas = [float(a) for a in args.alphas.split(",")]
+    except ValueError:
+        raise ValueError(f"--alphas {args.alphas!r}: expected comma-separated numbers, e.g. -4,0,4") from None
+    out = Path(args.out) if args.out else Path(args.probe) / f"steer-check-{args.pair}"
+    res = steer_check(
+        model,
+        tok,
+        probe,
+        args.pair,
+        out,
+        alphas=alphas,
+        n_prompts=args.prompts,
+        max_new_tokens=args.max_new_tokens,
+        do_sample=not args.greedy,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        n_boot=args.n_boot,
+        progress=not args.no_progress,
+    )
+    sp = {(s["direction"], s["measure"]): s for s in res["spearman"]}
+    for direction in ("probe", "random"):
+        s = sp[(direction, "vader")]
+        print(f"{direction:>6} direction: rho(alpha, VADER) = {s['rho']:+.3f} [{s['lo']:+.3f}, {s['hi']:+.3f}]")
+    s = sp[("probe", "probe_score")]
+    print(f"probe reading of the steered texts: rho = {s['rho']:+.3f} [{s['lo']:+.3f}, {s['hi']:+.3f}]")
+    print(f"verdict: {json.dumps(res['verdict'])}; {res['seconds']} s; wrote {out}")
+    if (Path(args.probe) / "metrics.json").exists() and out.parent.resolve() == Path(args.probe).resolve():
+        from ..report import write_run_report
+
+        write_run_report(Path(args.probe))
+    return 0
+
+
+HANDLERS = {"trace": cmd_trace, "generate": cmd_generate, "steer-check": cmd_steer_check}

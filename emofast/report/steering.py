@@ -1,0 +1,168 @@
+"""Figures and the report section of generation-time work: the steering check's dose-response, and a trace's
+readings over tokens (a figure and a page with the text coloured by the leading reading)."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .figures import new_figure, plotting, png_bytes
+
+__all__ = ["fig_dose_response", "fig_trace", "trace_html", "section_steering", "steer_checks"]
+
+
+def fig_dose_response(summary: list[dict], pair: str, left: str) -> bytes:
+    """Judge, probe reading and perplexity against alpha, for the pair's direction and the random one."""
+    panels = [
+        ("vader", "VADER compound\n(outside judge)"),
+        ("probe_p_left", f"probe p({left})\nof the text"),
+        ("perplexity", "perplexity\n(unsteered model)"),
+    ]
+    with plotting():
+        fig = new_figure(6.4, 6.6)
+        axes = fig.subplots(len(panels), 1, sharex=True)
+        for ax, (m, label) in zip(axes, panels):
+            for direction, style in (("probe", "-o"), ("random", "--s")):
+                rows = [r for r in summary if r["direction"] == direction]
+                a = [r["alpha"] for r in rows]
+                mean = np.array([r[f"{m}_mean"] for r in rows], dtype=float)
+                lo = np.array([r[f"{m}_lo"] for r in rows], dtype=float)
+                hi = np.array([r[f"{m}_hi"] for r in rows], dtype=float)
+                ax.plot(a, mean, style, label=f"{direction} direction", ms=4)
+                ax.fill_between(a, lo, hi, alpha=0.2)
+            ax.set_ylabel(label)
+        axes[0].legend()
+        axes[0].set_title(f"steering {pair}: dose-response (95% bootstrap CIs over prompts)")
+        axes[-1].set_xlabel(f"alpha (natural units; positive = toward {left})")
+        return png_bytes(fig)
+
+
+def _reading_columns(rows: list[dict]) -> list[str]:
+    """The raw-score columns of a trace (a pair's name, or an emotion's ``z_`` column)."""
+    if not rows:
+        return []
+    return [k for k in rows[0] if "_vs_" in k or k.startswith("z_")]
+
+
+def fig_trace(rows: list[dict], prompt_id: str) -> bytes:
+    """Readings over the tokens of one prompt (one line per pair or emotion), token strings along the axis."""
+    mine = [r for r in rows if r["prompt_id"] == prompt_id]
+    cols = _reading_columns(mine)
+    with plotting():
+        fig = new_figure(max(6.0, 0.12 * len(mine)), 3.6)
+        ax = fig.subplots()
+        x = np.arange(len(mine))
+        for c in cols:
+            ax.plot(x, [r[c] for r in mine], label=c, lw=1.2)
+        first_gen = next((i for i, r in enumerate(mine) if r["is_generated"]), None)
+        if first_gen is not None:
+            ax.axvline(first_gen - 0.5, color="grey", ls=":", lw=1)
+        ax.axhline(0, color="black", lw=0.6)
+        ax.set_xticks(x)
+        ax.set_xticklabels([r["token"].replace("\n", "\\n") for r in mine], rotation=90, fontsize=6)
+        ax.set_ylabel("reading (positive = left side)")
+        ax.set_title(f"prompt {prompt_id}: readings per token (dotted line: generation starts)")
+        ax.legend(fontsize=7, ncol=2)
+        return png_bytes(fig)
+
+
+def trace_html(rows: list[dict], title: str = "emofast trace") -> str:
+    """A self-contained page: each prompt's tokens, coloured by the reading that leads at that token (its
+    strength as the colour's opacity), the readings in each token's tooltip."""
+    cols = _reading_columns(rows)
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+    colour = {c: palette[i % len(palette)] for i, c in enumerate(cols)}
+    scale = max((abs(r[c]) for r in rows for c in cols if np.isfinite(r[c])), default=1.0) or 1.0
+    out = [
+        f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        "<style>body{font:14px/1.7 sans-serif;max-width:60em;margin:2em auto}span.t{border-radius:3px}"
+        ".gen{border-bottom:2px solid #999}</style>",
+        f"<h1>{html.escape(title)}</h1><p>",
+    ]
+    out += [f"<span style='background:{c}33;padding:0 4px'>{html.escape(c)}</span> " for c in cols]
+    out.append(
+        "</p><p>Background: the reading with the largest magnitude at that token (opacity: its size); "
+        "underlined: generated tokens.</p>"
+    )
+    for pid in dict.fromkeys(r["prompt_id"] for r in rows):
+        out.append(f"<h2>prompt {html.escape(str(pid))}</h2><p>")
+        for r in (r for r in rows if r["prompt_id"] == pid):
+            lead = max(cols, key=lambda c: abs(r[c])) if cols else None
+            alpha = min(1.0, abs(r[lead]) / scale) if lead else 0
+            tip = "; ".join(f"{c}={r[c]:+.3f}" for c in cols)
+            bg = f"{colour[lead]}{int(alpha * 255):02x}" if lead else "transparent"
+            cls = "t gen" if r["is_generated"] else "t"
+            out.append(
+                f"<span class='{cls}' style='background:{bg}' title='{html.escape(tip)}'>"
+                f"{html.escape(r['token'])}</span>"
+            )
+        out.append("</p>")
+    return "".join(out)
+
+
+def steer_checks(run_dir: Path) -> list[dict]:
+    """The ``summary.json`` of every steering check saved inside a run folder (``steer-check*/``)."""
+    out = []
+    for f in sorted(Path(run_dir).glob("steer-check*/summary.json")):
+        out.append({**json.loads(f.read_text()), "folder": f.parent.name})
+    return out
+
+
+def section_steering(doc, checks: list[dict]) -> None:
+    """The causal check: does steering along a pair's direction move an outside judge, and a random direction not?"""
+    if not checks:
+        return
+    doc.h2("Causal check: steering", "steering")
+    doc.p(
+        "Each check adds alpha·σ·d to the residual stream at the pair's chosen layers while the model writes "
+        "(σ: the spread of the pair's training texts along d; positive alpha toward the left side), for the same "
+        "prompts and sampling seeds at every alpha, and does the same along a random unit direction of the same "
+        "layers and scale. The judge is VADER (a lexicon scorer that knows nothing of the model). rho: Spearman "
+        "correlation of alpha with the measure, 95% bootstrap interval over prompts."
+    )
+    rows = []
+    for c in checks:
+        sp = {(s["direction"], s["measure"]): s for s in c["spearman"]}
+        for direction in ("probe", "random"):
+            j, pr = sp[(direction, "vader")], sp[(direction, "probe_score")]
+            rows.append(
+                [
+                    c["pair"],
+                    direction,
+                    f"{j['rho']:+.2f} [{j['lo']:+.2f}, {j['hi']:+.2f}]",
+                    f"{pr['rho']:+.2f} [{pr['lo']:+.2f}, {pr['hi']:+.2f}]",
+                    f"{c['verdict']['perplexity_ratio_at_abs_alpha_le_4']:.2f}" if direction == "probe" else "",
+                    str(c["n_prompts"]),
+                ]
+            )
+    doc.table(
+        [
+            "pair",
+            "direction",
+            "rho(alpha, VADER)",
+            "rho(alpha, probe reading)",
+            "max perplexity ratio, |alpha| <= 4",
+            "prompts",
+        ],
+        rows,
+    )
+    for c in checks:
+        v = c["verdict"]
+        if v["expected_vader_sign"] is None:
+            said = "has no valence judge (both sides have the same valence sign), so only the probe reading is shown"
+        elif v["judge_moves"] and not v["random_direction_moves_judge"]:
+            said = "moves the outside judge in the expected direction while the random direction does not"
+        elif v["judge_moves"]:
+            said = "moves the judge, but so does the random direction: the effect is not specific to this direction"
+        else:
+            said = "does not move the outside judge beyond noise: this pair does not steer at these settings"
+        doc.p(f"**{c['pair']}**: steering {said}.")
+        left = c["pair"].split("_vs_")[0]
+        doc.figure(
+            f"steer_{c['folder']}.png",
+            fig_dose_response(c["summary"], c["pair"], left),
+            f"{c['pair']}: dose-response of the judge, the probe's reading and perplexity.",
+        )
