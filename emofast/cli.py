@@ -103,9 +103,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="report folder")
 
     sub.add_parser("info", help="versions, devices and which kernels load")
-    from .commands.generation import add_parsers
+    from .commands import data_check, generation
 
-    add_parsers(sub, _add_model_args)
+    generation.add_parsers(sub, _add_model_args)
+    data_check.add_parsers(sub)
     return ap
 
 
@@ -283,10 +284,12 @@ def cmd_info(args) -> int:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    from .commands.data_check import cmd_data
     from .commands.generation import HANDLERS
 
     handlers = {"run": cmd_run, "score": cmd_score, "extract": cmd_extract, "compare": cmd_compare, "info": cmd_info}
     handlers.update({k: (lambda a, f=f: f(a, _load)) for k, f in HANDLERS.items()})
+    handlers["data"] = cmd_data
     from .commands.score import CheckpointError
 
     try:

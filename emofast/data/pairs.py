@@ -30,9 +30,12 @@ __all__ = [
     "bundled_path",
     "parse_pair",
     "SPLITS",
+    "OPTIONAL_SPLITS",
 ]
 
 SPLITS = ("train", "val", "test")
+#: Splits loaded when a pair has them: ``ood``, an out-of-domain test split in other registers than the rest.
+OPTIONAL_SPLITS = ("ood",)
 _PAIR_RE = re.compile(r"^(?P<left>[A-Za-z0-9][\w\-]*?)_vs_(?P<right>[A-Za-z0-9][\w\-]*)$")
 _FLAT_RE = re.compile(r"^(?P<pair>.+_vs_.+?)__(?P<split>[^_]+)__(?P<side>.+)\.jsonl$")
 
@@ -186,7 +189,8 @@ def load_pairs(
         root: the folder (default: the bundled emotion data).
         pairs: which pairs, in order, as ``"left_vs_right"`` / ``"left:right"`` strings or ``(left, right)``
             tuples (default: every pair found, sorted by name).
-        splits: the splits every pair must have.
+        splits: the splits every pair must have; an ``ood`` split (out-of-domain test texts) is loaded too
+            where a pair has one.
         neutral: path of a neutral JSONL, None for none, ``"auto"`` for ``ROOT/neutral.jsonl`` if present.
         config: a JSON or TOML file with any of ``root``, ``pairs``, ``neutral`` (relative paths are taken from
             the config file's folder); explicit arguments win. Default: ``ROOT/pairs.json`` if it exists.
@@ -232,7 +236,8 @@ def load_pairs(
             raise DataError(f"{root}: pair {name} not found (expected {root / name}/ or {root / name}__train__...)")
         pair = Pair(left, right)
         seen: dict = {}
-        for split in splits:
+        present = {s for (s, _) in files}
+        for split in [*splits, *(s for s in OPTIONAL_SPLITS if s in present and s not in splits)]:
             have = {side for (s, side) in files if s == split}
             if not have:
                 raise DataError(

@@ -1,0 +1,46 @@
+"""``emofast data check DIR``: print the data check (:mod:`emofast.data.check`), write it as JSON and Markdown,
+and with ``--strict`` exit non-zero on any warning."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+__all__ = ["add_parsers", "cmd_data"]
+
+
+def add_parsers(sub) -> None:
+    d = sub.add_parser("data", help="dataset tools")
+    dsub = d.add_subparsers(dest="data_cmd", required=True)
+    c = dsub.add_parser(
+        "check", help="style cues, pairing, near-duplicates and the lexical baseline of a paired dataset"
+    )
+    c.add_argument("root", nargs="?", default=None, help="dataset folder (default: the bundled pairs)")
+    c.add_argument("--pair", action="append", default=None, help="only these pairs (repeatable)")
+    c.add_argument("--out", default=None, help="folder for check.json and check.md (default: print only)")
+    c.add_argument("--strict", action="store_true", help="exit 1 on any warning")
+
+
+def cmd_data(args) -> int:
+    from ..data.check import check_dataset, markdown
+    from ..data.cues import STYLE_CUES
+
+    report = check_dataset(args.root, args.pair)
+    cues = [*STYLE_CUES, "first_person", "label_words", "length"]
+    print(f"{'pair':24s} {'split':6s} " + " ".join(f"{c[:10]:>10s}" for c in cues) + "   lexical BA")
+    for name, e in report["pairs"].items():
+        for split, s in e["splits"].items():
+            lex = f"{e['lexical']['test_balanced_accuracy']:.3f}" if split == "test" else ""
+            print(f"{name:24s} {split:6s} " + " ".join(f"{s['auroc'][c]:10.2f}" for c in cues) + f"   {lex}")
+    print("(cue columns: AUROC with which the cue alone separates the sides; 0.5 = not at all)")
+    for w in report["warnings"]:
+        print(f"warning: {w}")
+    if not report["warnings"]:
+        print("no warnings")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "check.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        (out / "check.md").write_text(markdown(report), encoding="utf-8")
+        print(f"wrote {out / 'check.json'} and {out / 'check.md'}")
+    return 1 if (args.strict and report["warnings"]) else 0
