@@ -81,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--shuffled", type=int, default=3, help="shuffled-label baselines (chance level); 0 for none")
+    r.add_argument(
+        "--controls",
+        default="auto",
+        help="lexical,shuffled,random-init, 'none', or 'auto' (all three; random-init only up to ~1B parameters)",
+    )
+    r.add_argument("--control", action="append", default=None, help="add one control, e.g. --control random-init")
     r.add_argument("--no-report", action="store_true", help="skip report.html")
 
     s = sub.add_parser("score", help="score texts (a file or a folder of shards) against a fitted probe")
@@ -125,6 +131,20 @@ def _load(args, name: str):
     return load_model(name, dtype=args.dtype, device=device, device_map=args.device_map, **extra)
 
 
+def _controls(args):
+    """--controls plus any --control."""
+    if not args.control:
+        return args.controls
+    from .commands.controls import CONTROLS
+
+    base = (
+        list(CONTROLS[:2])
+        if args.controls == "auto"
+        else [c for c in args.controls.split(",") if c not in ("none", "")]
+    )
+    return ",".join(dict.fromkeys(base + args.control))
+
+
 def _system_prompt(args):
     from .probe.paired import DEFAULT_SYSTEM_PROMPT
 
@@ -156,6 +176,7 @@ def cmd_run(args) -> int:
         n_boot=args.n_boot,
         seed=args.seed,
         shuffled=args.shuffled,
+        controls=_controls(args),
         progress=not args.no_progress and rank == 0,
         report=not args.no_report,
     )

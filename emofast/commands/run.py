@@ -37,6 +37,7 @@ from ..probe.paired import (
     SplitIndex,
 )
 from ..probe.profile import profile_rows
+from .controls import pairs_columns, resolve_controls, run_controls
 
 __all__ = ["run", "RunResult", "default_run_dir"]
 
@@ -95,6 +96,7 @@ def run(
     n_boot: int = 1000,
     seed: int = 0,
     shuffled: int = 3,
+    controls="auto",
     progress: bool = False,
     data: PairedDataset | None = None,
     runner=None,
@@ -112,6 +114,9 @@ def run(
             :meth:`PairedProbe.fit`.
         n_boot, seed: bootstrap resamples and seed of the confidence intervals.
         shuffled: shuffled-label baselines fitted from the same pass (chance level; 0 for none).
+        controls: ``"auto"`` (lexical, shuffled, and random-init for models up to ~1B parameters), ``"none"``, or
+            a list / comma-separated string of ``lexical``, ``shuffled``, ``random-init``
+            (:mod:`emofast.commands.controls`); an ``ood`` split is always evaluated where the data has one.
         runner: an :mod:`emofast.distributed` runner; under torchrun every rank calls :func:`run`, rank 0
             writes the folder and the others return None.
         report: also write ``report.html`` (:mod:`emofast.report`).
@@ -144,6 +149,9 @@ def run(
     timing["load_s"] = time.perf_counter() - t0
 
     runner = runner or Runner()
+    which = resolve_controls(controls, model)
+    if "shuffled" not in which:
+        shuffled = 0
     t = time.perf_counter()
     probe, baselines = PairedProbe.fit_directions_and_baselines(
         model,
@@ -200,6 +208,34 @@ def run(
             baselines, base_scores, offsets, splits, policy, width, calibration, n_boot, seed
         )
     timing["statistics_s"] = time.perf_counter() - t
+    fit_kwargs = {
+        "method": method,
+        "policy": policy,
+        "width": width,
+        "score": score,
+        "calibration": calibration,
+        "position": position,
+        "chat_template": chat_template,
+        "system_prompt": system_prompt,
+        "batch_size": batch_size,
+        "max_tokens": max_tokens,
+    }
+    metrics["controls"].update(
+        run_controls(
+            which,
+            model,
+            tokenizer,
+            data,
+            probe,
+            scores[probe.score_kind][offsets["test"]],
+            splits["test"],
+            fit_kwargs=fit_kwargs,
+            n_boot=n_boot,
+            seed=seed,
+            timing=timing,
+        )
+    )
+    metrics["controls"]["run"] = which
 
     probe.meta["model_source"] = _model_source(name)
     probe.meta["model_load"] = name
@@ -354,6 +390,7 @@ def _pairs_rows(probe: PairedProbe, metrics: dict) -> list[dict]:
         row["calibrated_ece_test"] = t["calibration"]["calibrated"]["ece"]
         if "neutral" in metrics:
             row["neutral_mean_p_left"] = metrics["neutral"][name]["mean_p_left"]["value"]
+        row.update(pairs_columns(metrics, name))
         rows.append(row)
     return rows
 

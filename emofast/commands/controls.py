@@ -1,0 +1,232 @@
+"""The controls a reviewer would demand of every run (``metrics.json["controls"]``):
+
+- ``lexical``: what the words alone reach (TF-IDF + logistic regression, :mod:`emofast.data.lexical`), fitted on the
+  same train split, ``C`` on the same val split, tested on the same test texts; and the paired-bootstrap interval of
+  *probe - lexical* (the same resamples for both).
+- ``random_init``: the same architecture and tokenizer with freshly initialised (seeded) weights, through the same
+  probe pipeline: what a trained model adds over an untrained network of the same shape; *probe - random-init*.
+- ``out_of_domain``: the probe (and the lexical baseline) on each pair's ``ood`` split, texts in other registers
+  than the training texts, where the data has one.
+
+Balanced accuracy here is that of the reported decision (calibrated ``p_left > 0.5`` for probes, the decision
+function's sign for the lexical baseline), so the differences compare like with like.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from ..data.lexical import LexicalBaseline
+from ..probe.paired import PairedProbe, SplitIndex
+from ..probe.stats import auroc, balanced_accuracy, bootstrap_ci
+
+__all__ = ["CONTROLS", "resolve_controls", "run_controls", "pairs_columns", "RANDOM_INIT_MAX_PARAMS"]
+
+CONTROLS = ("lexical", "shuffled", "random-init")
+#: random-init is on by default up to this many parameters (about 1B), opt-in above.
+RANDOM_INIT_MAX_PARAMS = 1_100_000_000
+
+
+def resolve_controls(spec, model) -> list[str]:
+    """``"auto"`` (lexical, shuffled, and random-init for models up to ~1B parameters), ``"none"``, or a
+    comma-separated list of :data:`CONTROLS`."""
+    if spec in (None, "auto"):
+        n = sum(p.numel() for p in model.parameters()) if hasattr(model, "parameters") else None
+        return ["lexical", "shuffled"] + (["random-init"] if n is not None and n <= RANDOM_INIT_MAX_PARAMS else [])
+    if spec in ("none", ""):
+        return []
+    items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    bad = sorted(set(items) - set(CONTROLS))
+    if bad:
+        raise ValueError(f"--controls: unknown control(s) {bad}; expected any of {', '.join(CONTROLS)}")
+    return list(dict.fromkeys(items))
+
+
+def _ci(t) -> dict:
+    return {"value": t[0], "ci95": [t[1], t[2]]}
+
+
+def _compare(y, ours, theirs, keys, n_boot, seed, their_decision) -> dict:
+    """Both balanced accuracies, their AUROCs, and the paired interval of ours - theirs.
+
+    ``ours``: ``(p_left, score)`` of the probe; ``theirs``: ``(decision, score)`` of the other classifier.
+    """
+    boot = {"n_boot": n_boot, "seed": seed, "keys": keys}
+    p_ours, s_ours = ours
+    d_theirs, s_theirs = theirs
+    return {
+        "balanced_accuracy": _ci(bootstrap_ci(lambda y, d: balanced_accuracy(y, d), y, d_theirs, **boot)),
+        "auroc": _ci(bootstrap_ci(auroc, y, s_theirs, **boot)),
+        "probe_minus": _ci(
+            bootstrap_ci(
+                lambda y, a, b: balanced_accuracy(y, a > 0.5) - balanced_accuracy(y, b), y, p_ours, d_theirs, **boot
+            )
+        ),
+        "probe_minus_auroc": _ci(bootstrap_ci(lambda y, a, b: auroc(y, a) - auroc(y, b), y, s_ours, s_theirs, **boot)),
+    }
+
+
+def _probe_outputs(probe: PairedProbe, layer_scores, layers, index: SplitIndex):
+    band = probe.band_scores(layer_scores, layers)
+    return band, probe.probabilities(band)
+
+
+def _lexical(data, probe, band, p_left, test: SplitIndex, n_boot, seed, ood=None) -> dict:
+    out = {}
+    for p, pair in enumerate(data.pairs):
+        tr_l, tr_r = pair.split("train")
+        va_l, va_r = pair.split("val")
+        lex = LexicalBaseline.fit(
+            tr_l + tr_r, [1] * len(tr_l) + [0] * len(tr_r), va_l + va_r, [1] * len(va_l) + [0] * len(va_r), seed=seed
+        )
+        idx = test.of_pair(p)
+        s = lex.scores([test.texts[i] for i in idx])
+        entry = _compare(
+            test.y[idx], (p_left[idx, p], band[idx, p]), (s > 0, s), [test.ids[i] for i in idx], n_boot, seed, None
+        )
+        entry["C"] = lex.C
+        if ood is not None and pair.name in ood:
+            o_idx, o_index, o_band, o_p = ood[pair.name]
+            so = lex.scores([o_index.texts[i] for i in o_idx])
+            entry["out_of_domain"] = _compare(
+                o_index.y[o_idx],
+                (o_p[o_idx, p], o_band[o_idx, p]),
+                (so > 0, so),
+                [o_index.ids[i] for i in o_idx],
+                n_boot,
+                seed,
+                None,
+            )
+        out[pair.name] = entry
+    return out
+
+
+def _random_init(model, tok, data, fit_kwargs, band, p_left, test: SplitIndex, n_boot, seed) -> dict:
+    from transformers import AutoModelForCausalLM
+
+    dtype = next(model.parameters()).dtype
+    device = next(model.parameters()).device
+    torch.manual_seed(seed)
+    fresh = AutoModelForCausalLM.from_config(model.config, dtype=dtype).to(device).eval()
+    rprobe = PairedProbe.fit(fresh, tok, data, **fit_kwargs)
+    cols = rprobe.score(fresh, tok, test.texts, batch_size=fit_kwargs.get("batch_size"))
+    del fresh
+    out = {"seed": seed, "chosen_layers": rprobe.chosen}
+    for p, name in enumerate(rprobe.names):
+        idx = test.of_pair(p)
+        left = rprobe.pairs[p][0]
+        rp = np.asarray(cols[f"p_{left}"] if f"p_{left}" in cols else 1.0 / (1.0 + np.exp(-cols[name])))[idx]
+        rs = np.asarray(cols[name], dtype=np.float64)[idx]
+        out[name] = _compare(
+            test.y[idx], (p_left[idx, p], band[idx, p]), (rp > 0.5, rs), [test.ids[i] for i in idx], n_boot, seed, None
+        )
+    return out
+
+
+def _ood_outputs(model, tok, data, probe, runner, batch_size, max_tokens):
+    """Project every pair's ``ood`` texts; ``{pair: (rows of that pair, index, band, p_left)}`` or None."""
+    names = [p.name for p in data.pairs if "ood" in p.texts]
+    if not names:
+        return None
+    # an index over the ood split of the pairs that have one (the others get no rows)
+    texts, ids, pair_ix, y = [], [], [], []
+    for p, pr in enumerate(data.pairs):
+        if "ood" not in pr.texts:
+            continue
+        for side, label in ((pr.left, 1), (pr.right, 0)):
+            rows = pr.texts["ood"][side]
+            texts += [t for _, t in rows]
+            ids += [i for i, _ in rows]
+            pair_ix += [p] * len(rows)
+            y += [label] * len(rows)
+    index = SplitIndex(texts, ids, np.array(pair_ix), np.array(y))
+    layers = probe.scoring_layers()
+    proj, norms = runner.project(
+        model,
+        tok,
+        texts,
+        probe.directions_for(layers),
+        layers=layers,
+        batch_size=batch_size,
+        max_tokens=max_tokens,
+        **probe.extraction(),
+    )
+    ls = probe.layer_scores(proj, norms, layers)
+    band = probe.band_scores(ls, layers)
+    p_left = probe.probabilities(band)
+    return {pr.name: (index.of_pair(p), index, band, p_left) for p, pr in enumerate(data.pairs) if pr.name in names}
+
+
+def run_controls(
+    which,
+    model,
+    tok,
+    data,
+    probe,
+    test_layer_scores,
+    test: SplitIndex,
+    *,
+    fit_kwargs: dict,
+    n_boot: int,
+    seed: int,
+    timing: dict,
+    runner=None,
+) -> dict:
+    """The controls of :data:`CONTROLS` named in ``which`` (``shuffled`` is run by the workflow itself).
+
+    Returns ``{"lexical": {pair: ...}, "random_init": {...}, "out_of_domain": {pair: ...}}`` (what was asked and
+    possible); ``timing`` receives the seconds of each.
+    """
+    from ..capture.distributed import Runner
+
+    runner = runner or Runner()
+    band, p_left = _probe_outputs(probe, test_layer_scores, probe.layers, test)
+    out = {}
+    t = time.perf_counter()
+    ood = _ood_outputs(model, tok, data, probe, runner, fit_kwargs.get("batch_size"), fit_kwargs.get("max_tokens"))
+    if ood is not None:
+        o = {}
+        for p, name in enumerate(probe.names):
+            if name not in ood:
+                continue
+            idx, index, ob, op = ood[name]
+            y, keys = index.y[idx], [index.ids[i] for i in idx]
+            boot = {"n_boot": n_boot, "seed": seed, "keys": keys}
+            o[name] = {
+                "n": int(len(idx)),
+                "balanced_accuracy": _ci(
+                    bootstrap_ci(lambda y, q: balanced_accuracy(y, q > 0.5), y, op[idx, p], **boot)
+                ),
+                "auroc": _ci(bootstrap_ci(auroc, y, ob[idx, p], **boot)),
+            }
+        out["out_of_domain"] = o
+        timing["control_out_of_domain_s"] = time.perf_counter() - t
+    if "lexical" in which:
+        t = time.perf_counter()
+        out["lexical"] = _lexical(data, probe, band, p_left, test, n_boot, seed, ood)
+        timing["control_lexical_s"] = time.perf_counter() - t
+    if "random-init" in which:
+        t = time.perf_counter()
+        out["random_init"] = _random_init(model, tok, data, fit_kwargs, band, p_left, test, n_boot, seed)
+        timing["control_random_init_s"] = time.perf_counter() - t
+    return out
+
+
+def pairs_columns(metrics: dict, name: str) -> dict:
+    """The control columns of one ``pairs.csv`` row."""
+    c = metrics.get("controls", {})
+    row = {}
+    for key, label in (("lexical", "lexical"), ("random_init", "random_init")):
+        if name in c.get(key, {}):
+            e = c[key][name]
+            row[f"{label}_balanced_accuracy"] = e["balanced_accuracy"]["value"]
+            row[f"probe_minus_{label}"] = e["probe_minus"]["value"]
+            row[f"probe_minus_{label}_lo"], row[f"probe_minus_{label}_hi"] = e["probe_minus"]["ci95"]
+    if name in c.get("out_of_domain", {}):
+        e = c["out_of_domain"][name]
+        row["ood_balanced_accuracy"] = e["balanced_accuracy"]["value"]
+        row["ood_balanced_accuracy_lo"], row["ood_balanced_accuracy_hi"] = e["balanced_accuracy"]["ci95"]
+    return row
