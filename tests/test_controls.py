@@ -84,3 +84,20 @@ def test_controls_none_and_bad_names(setup, tmp_path, capsys):  # noqa: F811
     assert "lexical" not in c and "random_init" not in c and "shuffled_labels" not in c
     assert main([*args, "--out", str(tmp_path / "r2"), "--controls", "lexical,typo"]) == 2
     assert "unknown control(s) ['typo']" in capsys.readouterr().err
+
+
+def test_report_section_what_the_model_adds(ran_ood):
+    from emofast.report import write_run_report
+    from emofast.report.adds import adds_sentence
+
+    write_run_report(ran_ood)
+    md = (ran_ood / "report.md").read_text()
+    assert "## What the model adds" in md and "| pair | probe | lexical | random-init |" in md
+    c = {
+        "lexical": {"p": {"probe_minus": {"value": 0.1, "ci95": [0.02, 0.2]}}},
+        "random_init": {"p": {"probe_minus": {"value": 0.05, "ci95": [-0.03, 0.12]}}},
+    }
+    s = adds_sentence("p", c)
+    assert "beats the words alone by +0.100" in s and "cannot be told apart from an untrained network" in s
+    c["lexical"]["p"]["probe_minus"] = {"value": -0.2, "ci95": [-0.3, -0.1]}
+    assert "is below the words alone by 0.200" in adds_sentence("p", c)

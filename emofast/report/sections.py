@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .adds import section_model_adds
 from .common import NA, RELATED_PAIRS, Run, ci3, f3, layer_span, pair_order, pair_sides, pct, pct_ci
 from .doc import Doc
 from .figures import (
@@ -506,4 +507,5 @@ def build_doc(runs: list[Run], title: str) -> Doc:
         section_calibration(doc, runs)
         section_relations(doc, runs)
         section_controls(doc, runs, pairs)
+        section_model_adds(doc, runs)
     return doc
