@@ -88,6 +88,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--control", action="append", default=None, help="add one control, e.g. --control random-init")
     r.add_argument("--no-report", action="store_true", help="skip report.html")
+    r.add_argument(
+        "--space",
+        nargs="?",
+        const="bundled",
+        default=None,
+        help="fit an emotion space instead of pairs: an emotion folder, or nothing for the bundled emotions",
+    )
 
     s = sub.add_parser("score", help="score texts (a file or a folder of shards) against a fitted probe")
     _add_model_args(s, default_model=None)
@@ -157,6 +164,8 @@ def cmd_run(args) -> int:
     from .capture.distributed import runner_from_env
     from .commands.run import profile_table, run
 
+    if args.space is not None:
+        return _run_space(args)
     runner = runner_from_env(tensor_parallel=bool(args.tp_plan))
     rank = runner.rank
     kwargs = dict(
@@ -191,6 +200,34 @@ def cmd_run(args) -> int:
         f"{s['min_balanced_accuracy']:.3f}), mean AUROC {s['mean_auroc']:.3f}\n"
     )
     print(profile_table(res.profile))
+    return 0
+
+
+def _run_space(args) -> int:
+    from .commands.space_run import default_space_dir, run_space
+
+    model, tok = _load(args, args.model)
+    out = args.out or default_space_dir(args.model)
+    m = run_space(
+        model,
+        None if args.space == "bundled" else args.space,
+        out,
+        tokenizer=tok,
+        model_name=args.model,
+        width=args.width,
+        position=_position(args.position),
+        chat_template=False if args.no_chat_template else "auto",
+        system_prompt=_system_prompt(args),
+        batch_size=args.batch_size,
+        max_tokens=args.max_tokens,
+        n_boot=args.n_boot,
+        seed=args.seed,
+        progress=not args.no_progress,
+        report=not args.no_report,
+    )
+    print(f"\nemofast run --space: {m['model']} -> {out}")
+    with open(Path(out) / "summary.md", encoding="utf-8") as f:
+        print(f.read())
     return 0
 
 

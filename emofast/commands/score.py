@@ -266,7 +266,7 @@ def score_corpus(
                 "id": pa.array([r.id for r in records], pa.string()),
                 "source": pa.array([r.source for r in records], pa.string()),
                 "line": pa.array([r.line for r in records], pa.int64()),
-                **{c: pa.array(np.asarray(v), pa.float32()) for c, v in cols.items()},
+                **{c: _column(v) for c, v in cols.items()},
             }
         )
         part = work / _part_name(k)
@@ -310,6 +310,14 @@ def score_corpus(
         out=str(out),
         resumed_chunks=resumed,
     )
+
+
+def _column(values):
+    """A probe column as Arrow: float32 scores, or strings (an emotion space's ``top`` label)."""
+    import pyarrow as pa
+
+    v = np.asarray(values)
+    return pa.array(v.astype(str), pa.string()) if v.dtype.kind in "OUS" else pa.array(v, pa.float32())
 
 
 def _probe_id(probe) -> str:

@@ -541,8 +541,19 @@ def _rows_fit(rows, train: SplitIndex, y: np.ndarray, fn):
     return torch.stack(dirs), torch.stack(mids)
 
 
-def load_probe(path) -> PairedProbe:
-    """Load a :class:`PairedProbe` saved by ``emofast run`` or :meth:`PairedProbe.save`."""
+def load_probe(path):
+    """Load a probe saved by ``emofast run`` (a :class:`PairedProbe`) or ``emofast run --space`` (an
+    :class:`~emofast.probe.space.EmotionSpace`), from its run folder or its ``probe.safetensors``."""
+    from safetensors import safe_open
+
+    from .space import SPACE_KIND, EmotionSpace
+
+    path = Path(path)
+    file = path / PROBE_FILE if path.is_dir() else path
+    if file.is_file():
+        with safe_open(str(file), framework="pt") as f:
+            if (f.metadata() or {}).get("emofast") == SPACE_KIND:
+                return EmotionSpace.load(file)
     return PairedProbe.load(path)
 
 

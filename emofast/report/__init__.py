@@ -21,11 +21,13 @@ Example:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from .common import load_runs
 from .doc import write_doc
 from .sections import build_doc
+from .space import is_space_run, space_doc
 from .steering import section_steering, steer_checks
 from .tables import write_csvs
 
@@ -50,8 +52,16 @@ def compare(runs: list[Path], out: Path) -> Path:
         ValueError: a run's metrics are unreadable or incomplete, or ``out`` is a run folder.
         ModuleNotFoundError: matplotlib is not installed.
     """
-    loaded = load_runs([Path(r) for r in runs])
     out = Path(out)
+    spaces = [Path(r) for r in runs if is_space_run(r)]
+    if spaces:
+        if len(spaces) != len(runs):
+            raise ValueError("compare either pair runs or emotion-space runs, not both in one report")
+        labels = [(Path(r).name, json.loads((Path(r) / "metrics.json").read_text())) for r in spaces]
+        out.mkdir(parents=True, exist_ok=True)
+        write_doc(space_doc(labels, f"emofast report: {len(labels)} emotion space(s)"), out)
+        return out
+    loaded = load_runs([Path(r) for r in runs])
     if (out / "metrics.json").exists():
         raise ValueError(f"{out}: is a run folder (its CSVs would be overwritten); pick another --out")
     title = "emofast report: " + (loaded[0].label if len(loaded) == 1 else f"{len(loaded)} models compared")
@@ -70,6 +80,11 @@ def write_run_report(run_dir: Path) -> Path:
         The path of ``report.html``.
     """
     run_dir = Path(run_dir)
+    if is_space_run(run_dir):
+        m = json.loads((run_dir / "metrics.json").read_text())
+        doc = space_doc([(m["model"], m)], f"emofast emotion-space report: {m['model']}")
+        section_steering(doc, steer_checks(run_dir))
+        return write_doc(doc, run_dir)
     (run,) = load_runs([run_dir])
     doc = build_doc([run], f"emofast run report: {run.label}")
     section_steering(doc, steer_checks(run_dir))
