@@ -14,8 +14,9 @@ from test_workflow import write_pairs
 
 import emofast
 from emofast.data import load_pairs
-from emofast.generation import Steering, steer, steering_scales, trace
-from emofast.generation.trace import Recorder, encode_prompts
+from emofast.generation import Steering, steer, steering_vectors, trace
+from emofast.generation.steer import random_vectors
+from emofast.generation.trace import encode_prompts
 from emofast.probe import PairedProbe
 
 PROMPTS = ["I lost my keys on the train.", "We sat by the lake", "The meeting moved to Thursday at ten."]
@@ -89,40 +90,65 @@ def test_include_prompt_false_and_generated_only(fitted):
     assert t and all(r["is_generated"] for r in t)
 
 
-def test_steering_moves_the_steered_layer_by_alpha_sigma(fitted):
+@pytest.mark.parametrize("kind", ["mean-diff", "probe"])
+def test_steering_moves_the_steered_layer_by_alpha_sigma(fitted, kind):
     model, tok, data, probe = fitted
     name = "sad_vs_happy"
-    scales = steering_scales(model, tok, probe, data, pairs=[name])
-    assert set(scales[name]) == set(probe.chosen[name]) and all(s > 0 for s in scales[name].values())
+    vecs = steering_vectors(model, tok, probe, data, pairs=[name], kind=kind)
+    assert set(vecs[name]) == set(probe.chosen[name])
     layer = probe.chosen[name][0]
-    p = probe.names.index(name)
+    d, sigma = vecs[name][layer]
+    assert sigma > 0 and abs(float(d.norm()) - 1) < 1e-5
+    if kind == "probe":
+        p = probe.names.index(name)
+        assert torch.allclose(d, probe.directions[p, probe.layers.index(layer)], atol=1e-6)
+    else:  # the normalised difference of the side means, recomputed here from extract
+        left, right = data.pair(name).split("train")
+        x = emofast.extract(model, tok, left + right, layers=[layer], **probe.extraction())[:, 0].double()
+        md = x[: len(left)].mean(0) - x[len(left) :].mean(0)
+        assert torch.allclose(d.double(), md / md.norm(), atol=1e-5)
     enc, mask = encode_prompts(tok, PROMPTS, chat_template=True, system_prompt=None, device="cpu")
+    probe_d = torch.as_tensor(d, dtype=torch.float32)
 
     def read(alpha, where):
-        with Steering(model, probe, {name: alpha}, scales=scales, where=where):
-            with Recorder(model, probe, [layer]) as rec, torch.no_grad():
-                model(input_ids=enc, attention_mask=mask)
-        return rec.stacked()[0][:, :, 0, p]  # [B, T]
+        with Steering(model, probe, {name: alpha}, vectors=vecs, where=where):
+            with torch.no_grad():
+                hs = []
+                from emofast.capture.models import resolve_layout
+                from emofast.generation.hooks import residual_hook
+
+                h = residual_hook(resolve_layout(model), layer, lambda x: hs.append(x.clone()))
+                try:
+                    model(input_ids=enc, attention_mask=mask)
+                finally:
+                    h.remove()
+        return hs[0] @ probe_d  # [B, T]
 
     base = read(0.0, "all")
     moved = read(3.0, "all")
-    np.testing.assert_allclose((moved - base).numpy(), 3.0 * scales[name][layer], rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose((moved - base).numpy(), 3.0 * sigma, rtol=1e-3, atol=1e-4)
     gen = read(3.0, "generated")  # the prompt step: only the last position is steered
-    np.testing.assert_allclose(gen[:, :-1].numpy(), base[:, :-1].numpy(), atol=1e-6)
-    np.testing.assert_allclose((gen[:, -1] - base[:, -1]).numpy(), 3.0 * scales[name][layer], rtol=1e-3)
+    np.testing.assert_allclose(gen[:, :-1].numpy(), base[:, :-1].numpy(), atol=1e-5)
+    np.testing.assert_allclose((gen[:, -1] - base[:, -1]).numpy(), 3.0 * sigma, rtol=1e-3, atol=1e-4)
+
+
+def test_random_vectors_match_the_scale():
+    vecs = {"a_vs_b": {3: (torch.tensor([1.0, 0.0, 0.0]), 2.5)}}
+    r = random_vectors(vecs, seed=1)["a_vs_b"][3]
+    assert r[1] == 2.5 and abs(float(r[0].norm()) - 1) < 1e-6 and not torch.allclose(r[0], vecs["a_vs_b"][3][0])
 
 
 def test_steering_hooks_are_removed_and_zero_alpha_changes_nothing(fitted):
     model, tok, data, probe = fitted
-    scales = steering_scales(model, tok, probe, data)
+    vecs = steering_vectors(model, tok, probe, data)
 
     def n_hooks():
         return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
     before = n_hooks()  # transformers keeps hooks of its own on some modules
-    plain = steer(model, tok, PROMPTS, probe, {"sad_vs_happy": 0.0}, scales=scales, max_new_tokens=5)
-    pushed = steer(model, tok, PROMPTS, probe, {"sad_vs_happy": 50.0}, scales=scales, max_new_tokens=5, where="all")
-    again = steer(model, tok, PROMPTS, probe, {"sad_vs_happy": 0.0}, scales=scales, max_new_tokens=5)
+    plain = steer(model, tok, PROMPTS, probe, {"sad_vs_happy": 0.0}, vectors=vecs, max_new_tokens=5)
+    pushed = steer(model, tok, PROMPTS, probe, {"sad_vs_happy": 50.0}, vectors=vecs, max_new_tokens=5, where="all")
+    again = steer(model, tok, PROMPTS, probe, {"sad_vs_happy": 0.0}, vectors=vecs, max_new_tokens=5)
     assert plain == again
     assert pushed != plain
     assert n_hooks() == before
@@ -130,10 +156,10 @@ def test_steering_hooks_are_removed_and_zero_alpha_changes_nothing(fitted):
 
 def test_steer_with_trace_reads_the_steered_states(fitted):
     model, tok, data, probe = fitted
-    scales = steering_scales(model, tok, probe, data)
+    vecs = steering_vectors(model, tok, probe, data)
     name = "sad_vs_happy"
-    _, t0 = steer(model, tok, PROMPTS[:1], probe, {name: 0.0}, scales=scales, max_new_tokens=4, trace=True)
-    _, t1 = steer(model, tok, PROMPTS[:1], probe, {name: 8.0}, scales=scales, max_new_tokens=4, trace=True)
+    _, t0 = steer(model, tok, PROMPTS[:1], probe, {name: 0.0}, vectors=vecs, max_new_tokens=4, trace=True)
+    _, t1 = steer(model, tok, PROMPTS[:1], probe, {name: 8.0}, vectors=vecs, max_new_tokens=4, trace=True)
     g0 = [r[name] for r in t0.to_pylist() if r["is_generated"]]
     g1 = [r[name] for r in t1.to_pylist() if r["is_generated"]]
     assert np.mean(g1) > np.mean(g0)
@@ -142,9 +168,11 @@ def test_steer_with_trace_reads_the_steered_states(fitted):
 def test_bad_input(fitted):
     model, tok, _, probe = fitted
     with pytest.raises(ValueError, match="unknown pair"):
-        Steering(model, probe, {"joy_vs_grief": 1.0}, scales={})
+        Steering(model, probe, {"joy_vs_grief": 1.0}, vectors={})
     with pytest.raises(ValueError, match="where"):
-        Steering(model, probe, {"sad_vs_happy": 1.0}, scales={}, where="prompt")
+        Steering(model, probe, {"sad_vs_happy": 1.0}, vectors={}, where="prompt")
+    with pytest.raises(ValueError, match="kind"):
+        steering_vectors(model, tok, probe, kind="lda")
     with pytest.raises(ValueError, match="empty"):
         trace(model, tok, [""], probe)
     assert emofast.trace is trace and emofast.steer is steer

@@ -40,6 +40,7 @@ def add_parsers(sub, add_model_args) -> None:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--steer", action="append", default=None, help="PAIR=ALPHA, e.g. sad_vs_happy=+4 (repeatable)")
         p.add_argument("--where", default="generated", choices=["generated", "all"], help="which positions to steer")
+        p.add_argument("--vector", default="mean-diff", choices=["mean-diff", "probe"], help="steering vector")
         if name == "trace":
             p.add_argument("--out", required=True, help="trace table: .parquet or .csv")
             p.add_argument("--plot", default=None, help="PNG of the readings over tokens (first prompt)")
@@ -55,6 +56,7 @@ def add_parsers(sub, add_model_args) -> None:
     c.add_argument("--greedy", action="store_true", help="greedy decoding (default: sampling with fixed seeds)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--n-boot", type=int, default=1000)
+    c.add_argument("--vector", default="mean-diff", choices=["mean-diff", "probe"], help="steering vector")
     c.add_argument(
         "--out", default=None, help="folder (default RUN/steer-check-<pair>; the run report gains a section)"
     )
@@ -102,7 +104,7 @@ def cmd_trace(args, load) -> int:
         raise ValueError(f"--out {out}: expected a .parquet or .csv file")
     kw = {"max_new_tokens": args.max_new_tokens, "do_sample": args.sample, "seed": args.seed, "ids": ids}
     if alphas:
-        with Steering(model, probe, alphas, where=args.where, tok=tok):
+        with Steering(model, probe, alphas, where=args.where, kind=args.vector, tok=tok):
             table = trace(model, tok, texts, probe, include_prompt=not args.no_prompt, **kw)
     else:
         table = trace(model, tok, texts, probe, include_prompt=not args.no_prompt, **kw)
@@ -131,6 +133,7 @@ def cmd_generate(args, load) -> int:
         probe,
         parse_steer(args.steer),
         where=args.where,
+        kind=args.vector,
         max_new_tokens=args.max_new_tokens,
         do_sample=args.sample,
         seed=args.seed,
@@ -162,6 +165,7 @@ def cmd_steer_check(args, load) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
         n_boot=args.n_boot,
+        kind=args.vector,
         progress=not args.no_progress,
     )
     sp = {(s["direction"], s["measure"]): s for s in res["spearman"]}

@@ -69,6 +69,7 @@ def steer_check(
     batch_size: int | None = None,
     n_boot: int = 1000,
     data=None,
+    kind: str = "mean-diff",
     progress: bool = True,
 ) -> dict:
     """Run the causal check for one pair of a fitted probe; returns the ``summary.json`` content.
@@ -79,7 +80,7 @@ def steer_check(
     from ..data.prompts import steer_prompts
     from ..generation.hooks import input_device
     from ..generation.judge import VALENCE, distinct_2, perplexity, vader_compound
-    from ..generation.steer import Steering, generate_texts, random_directions, steering_scales
+    from ..generation.steer import Steering, generate_texts, random_vectors, steering_vectors
     from ..generation.trace import encode_prompts
 
     if pair not in probe.names:
@@ -92,8 +93,8 @@ def steer_check(
     t0 = time.perf_counter()
     prompts = steer_prompts(n_prompts)
     pids, ptexts = [i for i, _ in prompts], [t for _, t in prompts]
-    scales = steering_scales(model, tok, probe, data, pairs=[pair], batch_size=batch_size)
-    rand = random_directions(probe, pair, seed=seed)
+    vectors = steering_vectors(model, tok, probe, data, pairs=[pair], kind=kind, batch_size=batch_size)
+    rand = random_vectors(vectors, seed=seed)
     sys_prompt = probe.extraction().get("system_prompt")
     chat = getattr(tok, "chat_template", None) is not None and probe.extraction().get("chat_template", True)
     gen = {
@@ -108,8 +109,7 @@ def steer_check(
     conditions = [("probe", a) for a in alphas] + [("random", a) for a in alphas if a != 0.0]
     texts_of = {}
     for k, (direction, alpha) in enumerate(conditions):
-        dirs = rand if direction == "random" else None
-        with Steering(model, probe, {pair: alpha}, scales=scales, directions=dirs):
+        with Steering(model, probe, {pair: alpha}, vectors=rand if direction == "random" else vectors):
             texts_of[(direction, alpha)] = generate_texts(model, tok, ptexts, **gen)
         if progress:
             print(
@@ -188,7 +188,7 @@ def steer_check(
         "alphas": alphas,
         "n_prompts": len(pids),
         "generation": {**gen, "system_prompt": gen["system_prompt"]},
-        "scales": {str(k): v for k, v in scales[pair].items()},
+        "vector": kind, "sigma": {str(k): s for k, (_, s) in vectors[pair].items()},
         "judge": "VADER compound (vaderSentiment)",
         "summary": summary,
         "spearman": spear,

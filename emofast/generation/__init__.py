@@ -5,7 +5,7 @@ May import: :mod:`emofast.capture` (models, prompts), :mod:`emofast.probe`, :mod
 ``commands`` or ``report``.
 """
 
-from .steer import Steering, steer, steering_scales
+from .steer import Steering, steer, steering_vectors
 from .trace import trace
 
-__all__ = ["trace", "steer", "Steering", "steering_scales"]
+__all__ = ["trace", "steer", "Steering", "steering_vectors"]
