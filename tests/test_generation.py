@@ -216,3 +216,49 @@ def test_cli_trace_and_generate(fitted, tmp_path, capsys):
     assert rc == 0 and "[0]" in capsys.readouterr().out
     assert main(["generate", *base, "--prompt", "x", "--steer", "sad_vs_happy"]) == 2
     assert "PAIR=ALPHA" in capsys.readouterr().err
+
+
+def test_steer_check_writes_its_files_and_reuses_the_same_prompts(fitted, tmp_path):
+    from emofast.commands.steer_check import steer_check
+    from emofast.data.prompts import steer_prompts
+    from emofast.generation.steer import generate_texts
+
+    model, tok, data, probe = fitted
+    res = steer_check(
+        model,
+        tok,
+        probe,
+        "sad_vs_happy",
+        tmp_path / "sc",
+        alphas=(-4, 4),
+        n_prompts=4,
+        max_new_tokens=3,
+        n_boot=50,
+        data=data,
+        progress=False,
+    )
+    assert res["alphas"] == [-4.0, 0.0, 4.0] and res["n_prompts"] == 4
+    rows = [json.loads(x) for x in (tmp_path / "sc" / "steer.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 * 3 * 2  # probe and random direction; alpha 0 shared
+    assert {r["direction"] for r in rows} == {"probe", "random"}
+    # alpha 0 is plain generation with the same prompts and seeds
+    plain = generate_texts(
+        model,
+        tok,
+        [t for _, t in steer_prompts(4)],
+        system_prompt=probe.extraction()["system_prompt"],
+        max_new_tokens=3,
+        do_sample=True,
+        seed=0,
+    )
+    assert [r["text"] for r in rows if r["direction"] == "probe" and r["alpha"] == 0.0] == plain
+    sp = {(s["direction"], s["measure"]): s for s in res["spearman"]}
+    assert set(sp) == {
+        (d, m)
+        for d in ("probe", "random")
+        for m in ("vader", "probe_score", "probe_p_left", "perplexity", "distinct_2")
+    }
+    for name in ("summary.csv", "spearman.csv", "summary.json", "dose_response.png"):
+        assert (tmp_path / "sc" / name).is_file()
+    assert res["verdict"]["expected_vader_sign"] == -1  # sad (left) is less pleasant than happy
+    assert all(r["perplexity"] > 1 for r in rows if r["text"].strip())

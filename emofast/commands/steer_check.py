@@ -40,18 +40,22 @@ def _boot_mean(x: np.ndarray, rng, n_boot: int) -> tuple[float, float, float]:
 
 
 def _boot_spearman(alpha: np.ndarray, y: np.ndarray, rng, n_boot: int) -> tuple[float, float, float]:
-    """rho(alpha, y) over [n_prompts, n_alphas] arrays; the interval resamples prompts (rows)."""
-    ok = np.isfinite(y)
-    rho = spearmanr(alpha[ok], y[ok]).statistic
-    boots = []
-    for _ in range(n_boot):
-        rows = rng.integers(0, y.shape[0], size=y.shape[0])
-        a, b = alpha[rows].ravel(), y[rows].ravel()
+    """rho(alpha, y) over [n_prompts, n_alphas] arrays; the interval resamples prompts (rows). NaN where the
+    measure does not vary (rho is undefined)."""
+
+    def rho(a, b):
         keep = np.isfinite(b)
-        if np.ptp(b[keep]) > 0:
-            boots.append(spearmanr(a[keep], b[keep]).statistic)
+        if keep.sum() < 3 or np.ptp(b[keep]) == 0 or np.ptp(a[keep]) == 0:
+            return float("nan")
+        return float(spearmanr(a[keep], b[keep]).statistic)
+
+    est = rho(alpha.ravel(), y.ravel())
+    if not np.isfinite(est):
+        return (float("nan"),) * 3
+    boots = [rho(alpha[r].ravel(), y[r].ravel()) for r in rng.integers(0, y.shape[0], size=(n_boot, y.shape[0]))]
+    boots = [b for b in boots if np.isfinite(b)]
     lo, hi = np.quantile(boots, [0.025, 0.975]) if boots else (np.nan, np.nan)
-    return float(rho), float(lo), float(hi)
+    return est, float(lo), float(hi)
 
 
 def steer_check(
