@@ -38,6 +38,7 @@ from ..probe.paired import (
 )
 from ..probe.profile import profile_rows
 from .controls import pairs_columns, resolve_controls, run_controls
+from .onepass import extract_rows, extraction_of, plan_passes, project_rows, remove_spill
 
 __all__ = ["run", "RunResult", "default_run_dir"]
 
@@ -152,43 +153,71 @@ def run(
     which = resolve_controls(controls, model)
     if "shuffled" not in which:
         shuffled = 0
-    t = time.perf_counter()
-    probe, baselines = PairedProbe.fit_directions_and_baselines(
-        model,
-        tokenizer,
-        data,
-        method=method,
-        score=score,
-        position=position,
-        chat_template=chat_template,
-        system_prompt=system_prompt,
-        batch_size=batch_size,
-        max_tokens=max_tokens,
-        progress=progress,
-        shuffled=shuffled,
-        seed=seed,
-        runner=runner,
-    )
-    timing["train_pass_s"] = time.perf_counter() - t
-
     splits = {s: SplitIndex.of(data, s) for s in ("train", "val", "test")}
     texts = splits["train"].texts + splits["val"].texts + splits["test"].texts + [t for _, t in data.neutral]
+    fit = {
+        "method": method,
+        "score": score,
+        "position": position,
+        "chat_template": chat_template,
+        "system_prompt": system_prompt,
+        "batch_size": batch_size,
+        "max_tokens": max_tokens,
+        "progress": progress,
+        "shuffled": shuffled,
+        "seed": seed,
+        "runner": runner,
+    }
+    plan = plan_passes(model, len(texts), method)
+    timing["passes"] = plan["mode"]
     t = time.perf_counter()
-    # One projection pass for the probe and its shuffled-label baselines: K = P * (1 + shuffled) directions.
-    everyone = [probe, *baselines]
-    dirs = torch.cat([p.directions_for(probe.layers) for p in everyone], dim=1)
-    proj, norms = runner.project(
-        model,
-        tokenizer,
-        texts,
-        dirs,
-        layers=probe.layers,
-        batch_size=batch_size,
-        max_tokens=max_tokens,
-        progress=progress,
-        **probe.extraction(),
-    )
-    timing["projection_pass_s"] = time.perf_counter() - t
+    if plan["mode"] != "two passes (streamed)":
+        # every text through the model once: the rows of every layer, held (or memory-mapped), give the train
+        # split's directions and every projection
+        ex = extraction_of(tokenizer, chat_template, system_prompt, position)
+        rows = extract_rows(
+            runner,
+            model,
+            tokenizer,
+            texts,
+            spill_dir=out if plan["spill"] else None,
+            batch_size=batch_size,
+            max_tokens=max_tokens,
+            progress=progress,
+            **ex,
+        )
+        n_train = len(splits["train"].texts)
+        probe, baselines = PairedProbe.fit_directions_and_baselines(model, tokenizer, data, rows=rows[:n_train], **fit)
+        timing["model_pass_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        everyone = [probe, *baselines]
+        dirs = torch.cat([p.directions_for(probe.layers) for p in everyone], dim=1)
+        proj, norms = project_rows(rows, dirs)
+        del rows
+        remove_spill(out if plan["spill"] else None)
+        timing["projection_s"] = time.perf_counter() - t
+        timing["texts_through_model"] = len(texts)
+    else:
+        probe, baselines = PairedProbe.fit_directions_and_baselines(model, tokenizer, data, **fit)
+        timing["train_pass_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        # One projection pass for the probe and its shuffled-label baselines: K = P * (1 + shuffled) directions.
+        everyone = [probe, *baselines]
+        dirs = torch.cat([p.directions_for(probe.layers) for p in everyone], dim=1)
+        proj, norms = runner.project(
+            model,
+            tokenizer,
+            texts,
+            dirs,
+            layers=probe.layers,
+            batch_size=batch_size,
+            max_tokens=max_tokens,
+            progress=progress,
+            **probe.extraction(),
+        )
+        timing["projection_pass_s"] = time.perf_counter() - t
+        timing["texts_through_model"] = len(splits["train"].texts) + len(texts)
+
     if runner.rank != 0:
         runner.barrier()
         return None
@@ -248,8 +277,7 @@ def run(
     _write_csv(out / "pairs.csv", _pairs_rows(probe, metrics))
     (out / "summary.md").write_text(summary_markdown(probe, metrics, profile), encoding="utf-8")
     timing["total_s"] = time.perf_counter() - t0
-    timing["texts_projected"] = len(texts)
-    timing["texts_in_train_pass"] = len(splits["train"].texts)
+    timing["texts"] = len(texts)
     timing["ranks"] = runner.world_size
     write_json(out / "timing.json", _round(timing, 2))
     if report:

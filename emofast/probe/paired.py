@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +27,9 @@ import torch
 from .._version import __version__
 from ..data.pairs import PairedDataset
 from ..fileio import write_json
-from .calibration import Calibrator, calibration_report, fit_platt, fit_temperature
+from .calibration import Calibrator
 from .directions import METHODS, logistic, mean_diff, shrinkage_lda
-from .layers import choose_layers
+from .selection import layer_scale, select_and_calibrate
 
 __all__ = [
     "PairedProbe",
@@ -106,6 +107,9 @@ class PairedProbe:
         chosen: ``{pair_name: [layer, ...]}`` layers whose scores are averaged.
         calibrators: ``{pair_name: Calibrator}``.
         score_kind: ``"centered"`` or ``"cosine"``.
+        scales: ``[P, nL]`` each layer's score unit: the pooled within-side spread of the pair's train scores
+            (:func:`~emofast.probe.selection.layer_scale`); scores of the probe's own kind are divided by it, so
+            the layers of a band are averaged on a common scale (ones: raw units).
         meta: how the vectors are taken (``position``, ``chat_template``, ``system_prompt``), the model, the
             method, the policy, the dataset hashes, the emofast version.
         fit_report: validation tables of the fit (per-layer accuracy, calibration quality); not saved.
@@ -128,6 +132,7 @@ class PairedProbe:
         score_kind="centered",
         meta=None,
         fit_report=None,
+        scales=None,
     ):
         if score_kind not in SCORES:
             raise ValueError(f"score {score_kind!r}: expected one of {', '.join(SCORES)}")
@@ -143,6 +148,7 @@ class PairedProbe:
         self.score_kind = score_kind
         self.meta = dict(meta or {})
         self.fit_report = fit_report or {}
+        self.scales = np.ones(expect) if scales is None else np.asarray(scales, dtype=np.float64).reshape(expect)
 
     # -------------------------------------------------------------- basics
     @property
@@ -170,8 +176,15 @@ class PairedProbe:
         return {k: self.meta[k] for k in ("position", "chat_template", "system_prompt")}
 
     # -------------------------------------------------------------- scores
-    def layer_scores(self, proj: torch.Tensor, norms: torch.Tensor, layers, kind: str | None = None) -> np.ndarray:
-        """Per-layer scores ``[N, len(layers), P]`` from :func:`emofast.project` output over ``layers``."""
+    def layer_scores(
+        self, proj: torch.Tensor, norms: torch.Tensor, layers, kind: str | None = None, standardise: bool = True
+    ) -> np.ndarray:
+        """Per-layer scores ``[N, len(layers), P]`` from :func:`emofast.project` output over ``layers``.
+
+        Scores of the probe's own kind are divided by :attr:`scales` (unless ``standardise=False``); another
+        ``kind`` comes in raw units (its scale is not this probe's).
+        """
+        own = kind is None or kind == self.score_kind
         kind = kind or self.score_kind
         idx = [self.layers.index(x) for x in layers]
         proj = proj.double()
@@ -181,7 +194,8 @@ class PairedProbe:
             s = proj / norms.double().clamp(min=1e-12)[..., None]
         else:
             raise ValueError(f"score {kind!r}: expected one of {', '.join(SCORES)}")
-        return s.numpy()
+        s = s.numpy()
+        return s / self.scales[:, idx].T[None] if own and standardise else s
 
     def band_scores(self, layer_scores: np.ndarray, layers, chosen: dict | None = None) -> np.ndarray:
         """``[N, P]``: each pair's score averaged over its chosen layers."""
@@ -262,6 +276,7 @@ class PairedProbe:
         max_tokens=None,
         progress: bool = False,
         runner=None,
+        val_use: str = "halves",
     ) -> PairedProbe:
         """Fit on ``data``'s train split (directions) and val split (layers, calibration).
 
@@ -276,6 +291,9 @@ class PairedProbe:
                 template when the tokenizer has one (and then the system prompt), plain texts otherwise.
             layers: candidate layers (default all ``0..L``).
             runner: a :class:`emofast.distributed.ShardedRunner` to share the passes among ranks.
+            val_use: ``halves`` (layers on one half of val, calibration on the other) or ``shared``.
+
+        The train split is projected with val, to put every layer's scores on the train spread's scale.
         """
         from ..capture.distributed import Runner
 
@@ -295,11 +313,11 @@ class PairedProbe:
             progress=progress,
             runner=runner,
         )
-        val = SplitIndex.of(data, "val")
+        val, train = SplitIndex.of(data, "val"), SplitIndex.of(data, "train")
         proj, norms = runner.project(
             model,
             tokenizer,
-            val.texts,
+            train.texts + val.texts,
             probe.directions_for(probe.layers),
             layers=probe.layers,
             batch_size=batch_size,
@@ -307,8 +325,11 @@ class PairedProbe:
             progress=progress,
             **probe.extraction(),
         )
+        raw = probe.layer_scores(proj, norms, probe.layers, standardise=False)
+        n = len(train.texts)
+        probe.scales = layer_scale(raw[:n], train)
         probe.select_and_calibrate(
-            probe.layer_scores(proj, norms, probe.layers), val, policy=policy, width=width, calibration=calibration
+            raw[n:] / probe.scales.T[None], val, policy=policy, width=width, calibration=calibration, val_use=val_use
         )
         return probe
 
@@ -340,6 +361,7 @@ class PairedProbe:
         shuffled: int = 0,
         seed: int = 0,
         runner=None,
+        rows=None,
     ):
         """:meth:`fit_directions`, plus *shuffled-label baselines* fitted from the same pass.
 
@@ -347,6 +369,8 @@ class PairedProbe:
             shuffled: how many baselines: the side labels are permuted within each pair (seeds ``seed``,
                 ``seed + 1``, ...), so that their accuracy shows chance level.
             runner: an :mod:`emofast.distributed` runner that shards the pass over ranks.
+            rows: the train split's rows ``[N_train, nL, D]`` (over ``layers``) when the caller already ran the
+                model over them (``emofast run`` runs every text once); then no pass runs here.
             (the rest as in :meth:`fit`)
 
         Returns:
@@ -375,15 +399,21 @@ class PairedProbe:
                 y[idx] = rng.permutation(y[idx])
             labelings.append(y)
         names = [p.name for p in data.pairs]
+        conv: list = []  # logistic-regression convergence, per pair and layer
         kw = {"layers": layers, "batch_size": batch_size, "max_tokens": max_tokens, "progress": progress, **ex}
-        if method == "mean-diff":
+        if rows is not None:  # the caller ran the pass: train rows [N_train, nL, D] in train order
+            if len(rows) != len(train.texts):
+                raise ValueError(f"rows holds {len(rows)} texts; the train split has {len(train.texts)}")
+            fn = {"mean-diff": None, "lda": shrinkage_lda, "logreg": partial(logistic, report=conv)}[method]
+            fits = [_rows_fit(rows, train, y, fn) for y in labelings]
+        elif method == "mean-diff":
             label_names = [f"{n}|{s}" for n in names for s in "LR"]
             sets = [[f"{names[p]}|{'L' if side else 'R'}" for p, side in zip(train.pair, y)] for y in labelings]
             accs = runner.accumulate_sets(model, tokenizer, train.texts, sets, label_names=label_names, **kw)
             fits = [_mean_diff_fit(acc, names) for acc in accs]
         else:
             rows = runner.extract(model, tokenizer, train.texts, **kw)
-            fn = shrinkage_lda if method == "lda" else logistic
+            fn = shrinkage_lda if method == "lda" else partial(logistic, report=conv)
             fits = [_rows_fit(rows, train, y, fn) for y in labelings]
         meta = {
             "model": model_id(model),
@@ -392,6 +422,7 @@ class PairedProbe:
             "template_sha256": _template_hash(tokenizer) if chat_template else None,
             **ex,
             "method": method,
+            **({"logreg_convergence": _convergence(conv)} if method == "logreg" else {}),
             "score": score,
             "dataset": {"root": data.source, "sha256": data.hashes, "counts": data.counts()},
             "emofast_version": __version__,
@@ -418,30 +449,15 @@ class PairedProbe:
         policy=DEFAULT_POLICY,
         width=DEFAULT_WIDTH,
         calibration="platt",
+        val_use="halves",
     ) -> None:
-        """Choose layers and fit calibrators from validation scores ``[N_val, nL, P]`` (all candidate layers)."""
+        """Choose layers and fit calibrators from validation scores ``[N_val, nL, P]`` (all candidate layers, on
+        the probe's scale); ``val_use`` as in :meth:`fit` (:func:`emofast.probe.selection.select_and_calibrate`)."""
         if calibration not in CALIBRATIONS:
             raise ValueError(f"calibration {calibration!r}: expected one of {', '.join(CALIBRATIONS)}")
-        per_pair = {}
-        for p, name in enumerate(self.names):
-            idx = val.of_pair(p)
-            per_pair[name] = (val_scores[idx, :, p], val.y[idx])
-        self.chosen, table = choose_layers(per_pair, self.layers, policy=policy, width=width)
-        band = self.band_scores(val_scores, self.layers)
-        cal_report = {}
-        for p, name in enumerate(self.names):
-            idx = val.of_pair(p)
-            fits = {
-                "platt": fit_platt(band[idx, p], val.y[idx]),
-                "temperature": fit_temperature(band[idx, p], val.y[idx]),
-            }
-            self.calibrators[name] = fits[calibration]
-            cal_report[name] = {
-                "fits": {k: c.to_dict() for k, c in fits.items()},
-                "val": calibration_report(val.y[idx], band[idx, p], fits),
-            }
-        self.meta.update({"layer_policy": policy, "band_width": table["width"], "calibration_method": calibration})
-        self.fit_report = {"selection": table, "calibration": cal_report}
+        select_and_calibrate(
+            self, val_scores, val, policy=policy, width=width, calibration=calibration, val_use=val_use
+        )
 
     def swapped(self) -> PairedProbe:
         """The mirrored probe: every pair's sides exchanged (directions negated, calibration mirrored)."""
@@ -456,6 +472,7 @@ class PairedProbe:
             {rename[k]: c.swapped() for k, c in self.calibrators.items()},
             score_kind=self.score_kind,
             meta=self.meta,
+            scales=self.scales,
         )
 
     # -------------------------------------------------------------- saving
@@ -467,7 +484,11 @@ class PairedProbe:
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
         spec = self._spec()
-        tensors = {"directions": self.directions.contiguous(), "midpoints": self.midpoints.contiguous()}
+        tensors = {
+            "directions": self.directions.contiguous(),
+            "midpoints": self.midpoints.contiguous(),
+            "scales": torch.from_numpy(np.ascontiguousarray(self.scales)),
+        }
         tmp = folder / (PROBE_FILE + ".tmp")
         save_file(tensors, str(tmp), metadata={"emofast": "paired-probe", "spec": json.dumps(spec, sort_keys=True)})
         tmp.replace(folder / PROBE_FILE)
@@ -501,6 +522,7 @@ class PairedProbe:
                 raise ValueError(f"{file}: not an emofast probe file")
             spec = json.loads(header["spec"])
             directions, midpoints = f.get_tensor("directions"), f.get_tensor("midpoints")
+            scales = f.get_tensor("scales").numpy() if "scales" in f.keys() else None
         meta = {
             k: v
             for k, v in spec.items()
@@ -515,6 +537,7 @@ class PairedProbe:
             {k: Calibrator.from_dict(v) for k, v in spec["calibration"].items()},
             score_kind=spec["score"],
             meta=meta,
+            scales=scales,
         )
 
     def __repr__(self) -> str:
@@ -532,12 +555,15 @@ def _mean_diff_fit(acc, names):
 
 
 def _rows_fit(rows, train: SplitIndex, y: np.ndarray, fn):
+    """Directions and midpoints from held rows; ``fn=None`` is the mean difference (as :func:`_mean_diff_fit`)."""
     dirs, mids = [], []
     for p in range(int(train.pair.max()) + 1):
         idx = train.of_pair(p)
-        left, right = rows[idx[y[idx] == 1]], rows[idx[y[idx] == 0]]
-        dirs.append(fn(left, right))
-        mids.append(((left.double().mean(0) + right.double().mean(0)) / 2).float())
+        left = torch.as_tensor(np.asarray(rows[idx[y[idx] == 1]]))
+        right = torch.as_tensor(np.asarray(rows[idx[y[idx] == 0]]))
+        mu_l, mu_r = left.double().mean(0), right.double().mean(0)
+        dirs.append(mean_diff(mu_l, mu_r) if fn is None else fn(left, right))
+        mids.append(((mu_l + mu_r) / 2).float())
     return torch.stack(dirs), torch.stack(mids)
 
 
@@ -555,6 +581,12 @@ def load_probe(path):
             if (f.metadata() or {}).get("emofast") == SPACE_KIND:
                 return EmotionSpace.load(file)
     return PairedProbe.load(path)
+
+
+def _convergence(report: list) -> dict:
+    """Summary of the logistic-regression fits' convergence (every pair, layer and labelling)."""
+    bad = [r for r in report if not r["converged"]]
+    return {"fits": len(report), "not_converged": len(bad), "messages": sorted({r["message"] for r in bad})[:5]}
 
 
 def _template_hash(tokenizer) -> str | None:
