@@ -105,23 +105,44 @@ def _lexical(data, probe, band, p_left, test: SplitIndex, n_boot, seed, ood=None
 
 
 def _random_init(model, tok, data, fit_kwargs, band, p_left, test: SplitIndex, n_boot, seed) -> dict:
+    """The same pipeline on a freshly initialised model of the same architecture (one pass per text, as the run)."""
     from transformers import AutoModelForCausalLM
+
+    from ..capture.api import extract
+    from .onepass import extraction_of, project_rows
 
     dtype = next(model.parameters()).dtype
     device = next(model.parameters()).device
     torch.manual_seed(seed)
     fresh = AutoModelForCausalLM.from_config(model.config, dtype=dtype).to(device).eval()
-    rprobe = PairedProbe.fit(fresh, tok, data, **fit_kwargs)
-    cols = rprobe.score(fresh, tok, test.texts, batch_size=fit_kwargs.get("batch_size"))
+    fit_keys = ("method", "score", "position", "chat_template", "system_prompt", "batch_size", "max_tokens")
+    fk = {k: v for k, v in fit_kwargs.items() if k in fit_keys}
+    select = {k: v for k, v in fit_kwargs.items() if k not in fit_keys}  # policy, width, calibration, ...
+    splits = {s: SplitIndex.of(data, s) for s in ("train", "val", "test")}
+    texts = splits["train"].texts + splits["val"].texts + test.texts
+    ex = extraction_of(tok, fk["chat_template"], fk["system_prompt"], fk["position"])
+    fresh_rows = extract(fresh, tok, texts, batch_size=fk.get("batch_size"), max_tokens=fk.get("max_tokens"), **ex)
     del fresh
+    n_tr, n_va = len(splits["train"].texts), len(splits["val"].texts)
+    # ``model`` only names the model in the probe's metadata here: the rows are the fresh model's
+    rprobe, _ = PairedProbe.fit_directions_and_baselines(model, tok, data, rows=fresh_rows[:n_tr], **fk)
+    proj, norms = project_rows(fresh_rows, rprobe.directions_for(rprobe.layers))
+    del fresh_rows
+    ls = rprobe.layer_scores(proj, norms, rprobe.layers)
+    rprobe.select_and_calibrate(ls[n_tr : n_tr + n_va], splits["val"], **select)
+    rband = rprobe.band_scores(ls[n_tr + n_va :], rprobe.layers)
+    rp_left = rprobe.probabilities(rband)
     out = {"seed": seed, "chosen_layers": rprobe.chosen}
     for p, name in enumerate(rprobe.names):
         idx = test.of_pair(p)
-        left = rprobe.pairs[p][0]
-        rp = np.asarray(cols[f"p_{left}"] if f"p_{left}" in cols else 1.0 / (1.0 + np.exp(-cols[name])))[idx]
-        rs = np.asarray(cols[name], dtype=np.float64)[idx]
         out[name] = _compare(
-            test.y[idx], (p_left[idx, p], band[idx, p]), (rp > 0.5, rs), [test.ids[i] for i in idx], n_boot, seed, None
+            test.y[idx],
+            (p_left[idx, p], band[idx, p]),
+            (rp_left[idx, p] > 0.5, rband[idx, p]),
+            [test.ids[i] for i in idx],
+            n_boot,
+            seed,
+            None,
         )
     return out
 
