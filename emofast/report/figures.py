@@ -218,20 +218,22 @@ def fig_layers(run: Run) -> bytes:
 
 
 def fig_reliability(run: Run) -> bytes:
-    """Per pair: reliability on the test split before (sigmoid of the raw score) and after calibration."""
+    """Per pair: reliability on the test split (equal-mass bins) of the temperature-only fit and of the
+    calibration, against the constant 0.5."""
     names = run.names
     fig, axes = _grid(len(names), 3, 3.6, 3.5)
     for ax, name in zip(axes, names):
         ax.plot([0, 1], [0, 1], ":", color="dimgrey", lw=1, label="perfectly calibrated")
         cal = run.metrics["pairs_test"][name]["calibration"]
-        for which, ece, colour in (
-            ("before", cal["before"]["ece"], "tab:orange"),
-            ("after", cal["calibrated"]["ece"], "tab:blue"),
-        ):
+        ax.axhline(0.5, color="lightgrey", lw=1)
+        for which, colour in (("temperature", "tab:orange"), ("calibrated", "tab:blue")):
+            if which not in cal or which not in run.metrics["reliability_test"][name]:
+                continue
+            ece = cal[which]["ece"]
             rel = run.metrics["reliability_test"][name][which]
             pts = [(m, f, n) for m, f, n in zip(rel["mean_p_left"], rel["frac_left"], rel["count"]) if n]
             xs, ys, ns = zip(*pts) if pts else ((), (), ())
-            ax.plot(xs, ys, "-", color=colour, lw=1, label=f"{which} (ECE {ece:.3f})")
+            ax.plot(xs, ys, "-", color=colour, lw=1, label=f"{which} (NLL {cal[which]['nll']:.3f}, ECE {ece:.3f})")
             ax.scatter(xs, ys, s=[12 + 6 * n for n in ns], color=colour, alpha=0.7, zorder=3)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
@@ -306,11 +308,11 @@ def fig_accuracy_controls(runs: list[Run]) -> bytes:
         if sh is not None:
             for k, n in enumerate(names):
                 vals = sh["balanced_accuracy"][n]
-                offs = [0.12 * (j - (len(vals) - 1) / 2) for j in range(len(vals))]
+                offs = [0.5 * (j / max(len(vals) - 1, 1) - 0.5) for j in range(len(vals))]
                 ax.scatter(
                     [k + o for o in offs],
                     vals,
-                    s=22,
+                    s=22 if len(vals) <= 5 else 10,
                     facecolor="white",
                     edgecolor="black",
                     zorder=4,

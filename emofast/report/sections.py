@@ -15,6 +15,7 @@ from .figures import (
     fig_scoring,
     plotting,
 )
+from .versus import section_model_differences
 
 __all__ = [
     "section_runs",
@@ -195,8 +196,12 @@ def section_accuracy(doc: Doc, runs: list[Run], pairs: list[str]) -> None:
     doc.h2("Accuracy per pair", "accuracy")
     doc.p(
         "Balanced accuracy of the calibrated probability (p(left) > 0.5) on the held-out test split, with 95% "
-        "stratified bootstrap intervals; 0.5 is chance. AUROC measures the ranking of the raw score, sign "
-        "accuracy the raw score's sign before calibration."
+        "Wilson/MOVER intervals (each side's hit rate gets a Wilson interval; for matched data, where line k of "
+        "the left and right files is one scene, the two hits' correlation widens it); 0.5 is chance. AUROC "
+        "measures the ranking of the raw score (BCa bootstrap interval, resampling scenes when the data is "
+        "matched), sign accuracy the raw score's sign before calibration. Permutation p: the test labels "
+        "permuted 10,000 times on the fixed decisions (within scenes for matched data); Holm: corrected across "
+        "the run's pairs."
     )
 
     def get(r, pair):
@@ -232,6 +237,8 @@ def section_accuracy(doc: Doc, runs: list[Run], pairs: list[str]) -> None:
                     pct_ci(m["mean_p_left_on_left"]),
                     pct_ci(m["mean_p_right_on_right"]),
                     f"{m['n_left']}/{m['n_right']}",
+                    _p(m.get("permutation_p")),
+                    _p(m.get("permutation_p_holm")),
                 ]
             )
     doc.table(
@@ -245,9 +252,15 @@ def section_accuracy(doc: Doc, runs: list[Run], pairs: list[str]) -> None:
             "p(left) on left %",
             "p(right) on right %",
             "test texts left/right",
+            "permutation p",
+            "Holm",
         ],
         rows,
     )
+
+
+def _p(v) -> str:
+    return NA if v is None else f"{v:.2g}"
 
 
 def section_layers(doc: Doc, runs: list[Run]) -> None:
@@ -266,9 +279,13 @@ def section_calibration(doc: Doc, runs: list[Run]) -> None:
     """Reliability diagrams before and after calibration, and the calibration metrics."""
     doc.h2("Calibration", "calibration")
     doc.p(
-        "Reliability diagrams on the test split: per bin of predicted p(left), the share of texts that are "
-        "left. Before: the sigmoid of the raw score; after: the calibration fitted on val. Points on the "
-        "diagonal are calibrated probabilities."
+        "Calibration quality on the test split, NLL and Brier first (lower is better), each against the "
+        "constant p(left) = 0.5 (NLL 0.693, Brier 0.25: a calibration must beat these) and against the "
+        "temperature-only fit (p = sigmoid(k * score)). ECE uses 5 equal-mass bins: on 64 texts even a perfectly "
+        "calibrated predictor has an ECE near 0.1, so small ECE differences mean nothing. Reliability diagrams: "
+        "per equal-mass bin of predicted p(left), the share of texts that are left; points on the diagonal are "
+        "calibrated. The calibration is fitted on val (on the half of val that did not choose the layers, when "
+        "the run says val use: halves)."
     )
     for i, r in enumerate(runs):
         doc.figure(f"reliability_{i + 1}.png", fig_reliability(r), f"{r.label}: reliability before and after.")
@@ -276,18 +293,20 @@ def section_calibration(doc: Doc, runs: list[Run]) -> None:
     for r in runs:
         for pair in r.names:
             fit = r.metrics["probe"]["calibration"][pair]
-            val = r.metrics["calibration"][pair]["val"]
             test = r.metrics["pairs_test"][pair]["calibration"]
-            method = fit["method"]
+            trio = [test.get(k) for k in ("constant", "temperature", "calibrated")]
+
+            def cells(key, trio=trio):
+                return " / ".join(f3(q[key]) if q else NA for q in trio)
+
             rows.append(
                 [
                     r.label,
                     pair,
-                    f"{method} a={fit['a']:.4g} b={fit['b']:.4g}",
-                    f"{f3(val['before']['nll'])} -> {f3(val[method]['nll'])}",
-                    f"{f3(test['before']['nll'])} -> {f3(test['calibrated']['nll'])}",
-                    f"{f3(test['before']['brier'])} -> {f3(test['calibrated']['brier'])}",
-                    f"{f3(test['before']['ece'])} -> {f3(test['calibrated']['ece'])}",
+                    f"{fit['method']} a={fit['a']:.4g} b={fit['b']:.4g}",
+                    cells("nll"),
+                    cells("brier"),
+                    cells("ece"),
                 ]
             )
     doc.table(
@@ -295,10 +314,9 @@ def section_calibration(doc: Doc, runs: list[Run]) -> None:
             "model",
             "pair",
             "fit (on val)",
-            "val NLL before -> after",
-            "test NLL before -> after",
-            "test Brier before -> after",
-            "test ECE before -> after",
+            "test NLL: 0.5 / temperature / calibrated",
+            "test Brier: 0.5 / temperature / calibrated",
+            "test ECE (5 equal-mass bins): 0.5 / temperature / calibrated",
         ],
         rows,
     )
@@ -350,10 +368,14 @@ def section_controls(doc: Doc, runs: list[Run], pairs: list[str]) -> None:
     """Neutral texts, polarity swap, centred against cosine scoring, train/test gap, shuffled labels."""
     doc.h2("Controls", "controls")
     doc.p(
-        "These separate what the models do from what the instrument does. Neutral texts carry neither side "
-        "of a pair; the polarity swap refits with left and right exchanged and must mirror every number; "
-        "centred and cosine scoring are compared on the same directions; the train/test gap shows how much the "
-        "numbers on the fitted texts flatter the probe; shuffled labels give the accuracy of chance."
+        "These separate what the models do from what the instrument does. Evidence (each can come out against "
+        "the probe): the neutral texts (neither side of a pair), centred against cosine scoring on the same "
+        "directions, the train/test gap (how much the fitted texts flatter the probe), the shuffled-label "
+        "baselines (the chance level of the whole pipeline), and, below, the lexical, random-init and "
+        "out-of-domain controls. Software self-test (cannot fail on any data, only on a bug): the in-run polarity "
+        "swap. Every difference is given with its 95% interval: paired bootstrap (BCa, the same resamples of the "
+        "same test texts) for centred - cosine, MOVER of the two Wilson intervals for train - test (different "
+        "texts)."
     )
     doc.h3("Neutral texts")
     with_neutral = [r for r in runs if r.neutral is not None]
@@ -400,12 +422,13 @@ def section_controls(doc: Doc, runs: list[Run], pairs: list[str]) -> None:
     if missing:
         doc.p(f"Without a neutral set (run with neutral texts to get this control): {', '.join(missing)}.")
 
-    doc.h3("Polarity swap")
+    doc.h3("Polarity swap (software self-test, not evidence)")
     doc.p(
-        "The run is redone with every pair's left and right exchanged (directions and labels mirrored, layers "
-        "and calibration chosen again on val). Every number must mirror: the largest deviation should be 0 (up "
-        "to rounding) and the same layers chosen. A deviation means the pipeline treats the first-named side "
-        "differently from the second."
+        "The run's statistics are redone with every pair's left and right exchanged (directions negated, labels "
+        "mirrored, layers and calibration chosen again on val). This is zero by construction: negated directions, "
+        "the same midpoints, mirrored resamples and a symmetric calibration objective. It checks the software, "
+        "not the models or the data: a deviation means a bug that treats the first-named side differently. The "
+        "real check that the data's order does not matter is the test suite's refit from swapped files."
     )
     doc.table(
         ["model", "largest deviation from the mirror", "same layers chosen"],
@@ -447,6 +470,18 @@ def section_controls(doc: Doc, runs: list[Run], pairs: list[str]) -> None:
     for k in kinds:
         header += [f"{k}: balanced accuracy", f"{k}: layers"]
     doc.table(header, rows)
+    diffs = [
+        [r.label, pair, _diff(r.metrics["controls"]["centered_minus_cosine"][pair])]
+        for r in runs
+        if "centered_minus_cosine" in r.metrics["controls"]
+        for pair in r.names
+    ]
+    if diffs:
+        doc.p(
+            "Centred - cosine: the difference of the two balanced accuracies on the same test texts, with its "
+            "paired 95% interval; an interval that spans 0 means the two scorings cannot be told apart here."
+        )
+        doc.table(["model", "pair", "centred - cosine [95% CI]"], diffs)
 
     doc.h3("Train/test gap and the shuffled-label baseline")
     doc.p(
@@ -454,7 +489,10 @@ def section_controls(doc: Doc, runs: list[Run], pairs: list[str]) -> None:
         "to test is how much that flatters it. Shuffled labels: probes fitted, selected and calibrated exactly "
         "like the real one but on training texts whose sides were shuffled; their held-out accuracy is the "
         "chance level of the whole pipeline (about 0.5). A real accuracy inside the shuffled range means the "
-        "probe found nothing."
+        "probe found nothing. The shuffled distribution is summarised by its mean, 5th-95th percentiles and "
+        "maximum; p: (1 + shuffled baselines at or above the probe) / (1 + baselines), the smallest value the "
+        "number of baselines allows when the probe beats them all. Train - test comes with the MOVER interval "
+        "of the two Wilson intervals."
     )
     doc.figure(
         "accuracy_controls.png",
@@ -468,26 +506,37 @@ def section_controls(doc: Doc, runs: list[Run], pairs: list[str]) -> None:
         for pair in r.names:
             test = r.metrics["pairs_test"][pair]["balanced_accuracy"]
             train = r.metrics["pairs_train"][pair]["balanced_accuracy"]["value"]
-            shuffled = [NA, NA]
+            shuffled = [NA, NA, NA]
             if sh is not None:
-                vals = sh["balanced_accuracy"][pair]
-                shuffled = [", ".join(f3(v) for v in vals), f3(sum(vals) / len(vals))]
-            rows.append([r.label, pair, f3(train), ci3(test), f"{train - test['value']:+.3f}", *shuffled])
+                vals = sorted(sh["balanced_accuracy"][pair])
+                d = sh.get("distribution", {}).get(pair)
+                spread = f"{d['q05']:.3f}-{d['q95']:.3f}, max {d['max']:.3f}" if d else ", ".join(f3(v) for v in vals)
+                shuffled = [f"{len(vals)}: {spread}", f3(sum(vals) / len(vals)), f"{d['p_probe']:.2g}" if d else NA]
+            gap = r.metrics["controls"].get("train_test", {}).get(pair)
+            gap_s = _diff(gap) if gap else f"{train - test['value']:+.3f}"
+            rows.append([r.label, pair, f3(train), ci3(test), gap_s, *shuffled])
     doc.table(
         [
             "model",
             "pair",
             "train balanced accuracy",
             "test balanced accuracy",
-            "train - test",
-            "shuffled labels (per seed)",
+            "train - test [95% CI]",
+            "shuffled labels: n, 5-95%, max",
             "shuffled mean",
+            "p (probe among shuffled)",
         ],
         rows,
     )
     missing = [r.label for r in runs if r.shuffled is None]
     if missing:
         doc.p(f"Without shuffled-label baselines (emofast run --shuffled N adds them): {', '.join(missing)}.")
+
+
+def _diff(e: dict) -> str:
+    """A difference ``{"value", "ci95"}`` as ``+0.031 [-0.020, +0.090]``."""
+    lo, hi = e["ci95"]
+    return f"{e['value']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
 
 def _cell(matrix: dict, key: str, rows: str, cols: str, row, col):
@@ -508,4 +557,5 @@ def build_doc(runs: list[Run], title: str) -> Doc:
         section_relations(doc, runs)
         section_controls(doc, runs, pairs)
         section_model_adds(doc, runs)
+        section_model_differences(doc, runs)
     return doc
