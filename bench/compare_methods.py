@@ -5,6 +5,11 @@
 Extracts every bundled text once (all splits, all layers), then for each direction method and layer policy
 fits on train, selects on val, and reports the mean balanced sign accuracy (score > 0) on val (what the
 defaults are chosen by) and on test (shown for information only; it chose nothing).
+
+Every configuration's test accuracy is compared with the best configuration on val by a paired bootstrap: the
+same resamples of each pair's test texts (by scene: the bundled texts are matched) for both, the difference of
+their mean balanced accuracies over pairs, 95% percentile interval. A configuration whose interval spans 0 cannot
+be told apart from the best one on these texts; the table says so.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from emofast.data import load_pairs
 from emofast.probe import DEFAULT_SYSTEM_PROMPT, SplitIndex
 from emofast.probe.directions import logistic, mean_diff, shrinkage_lda
 from emofast.probe.layers import choose_layers
-from emofast.probe.stats import balanced_accuracy
+from emofast.probe.stats import balanced_accuracy, resample_indices, scene_keys
 
 POLICIES = [
     ("per-pair", 1),
@@ -61,6 +66,26 @@ def study_method(rows, index, n_pairs, n_layers, per_side=15) -> dict:
         "test_min": float(np.min(test)),
         "train_mean": float(np.mean(train)),
     }
+
+
+def paired_mean_difference(index, preds_a, preds_b, n_boot=2000, seed=0) -> dict:
+    """Mean over pairs of ``BA(a) - BA(b)`` on the test split, with a paired 95% percentile interval.
+
+    ``preds_*``: per pair, the boolean test decisions (True = left) in the split's order of that pair's texts.
+    """
+    diffs = np.zeros(n_boot)
+    point = []
+    for p, (a, b) in enumerate(zip(preds_a, preds_b)):
+        idx = index.of_pair(p)
+        y = index.y[idx].astype(bool)
+        ids = [index.ids[i] for i in idx]
+        draws = resample_indices(y, n_boot, seed, ids, scene_keys(ids, y))
+        point.append(balanced_accuracy(y, a) - balanced_accuracy(y, b))
+        for k, r in enumerate(draws):
+            diffs[k] += balanced_accuracy(y[r], a[r]) - balanced_accuracy(y[r], b[r])
+    diffs /= len(preds_a)
+    lo, hi = np.quantile(diffs, [0.025, 0.975])
+    return {"value": float(np.mean(point)), "ci95": [float(lo), float(hi)]}
 
 
 def main() -> None:
@@ -106,13 +131,15 @@ def main() -> None:
                 idx = index["val"].of_pair(p)
                 per[p] = (scores["val"][idx, :, p], index["val"].y[idx])
             chosen, _ = choose_layers(per, list(range(n_layers)), policy, width)
-            res = {}
+            res, preds = {}, []
             for split in ("val", "test"):
                 bas = []
                 for p in range(len(data.pairs)):
                     idx = index[split].of_pair(p)
                     s = scores[split][idx][:, chosen[p], p].mean(axis=1)
                     bas.append(balanced_accuracy(index[split].y[idx], s > 0))
+                    if split == "test":
+                        preds.append(s > 0)
                 res[split] = bas
             table.append(
                 {
@@ -122,6 +149,7 @@ def main() -> None:
                     "val_mean": float(np.mean(res["val"])),
                     "test_mean": float(np.mean(res["test"])),
                     "test_min": float(np.min(res["test"])),
+                    "_test_preds": preds,
                 }
             )
             print(
@@ -135,7 +163,20 @@ def main() -> None:
         f"{study['train_mean']:.3f}"
     )
     best = max(table, key=lambda r: r["val_mean"])
-    print(f"best on val: {best}")
+    print(f"best on val: {best['method']} {best['policy']} w={best['width']}")
+    print("test: each configuration minus the best on val (paired bootstrap over the same test texts, 95%):")
+    for row in table:
+        d = paired_mean_difference(index["test"], row["_test_preds"], best["_test_preds"])
+        row["test_minus_best"] = d
+        lo, hi = d["ci95"]
+        verdict = "cannot be told apart" if lo <= 0 <= hi else ("better" if lo > 0 else "worse")
+        row["versus_best"] = verdict
+        print(
+            f"  {row['method']:9s} {row['policy']:11s} w={row['width']}: {d['value']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+            f"  {verdict}"
+        )
+    for row in table:
+        del row["_test_preds"]
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"position": args.position, "rows": table, "best_on_val": best, "study": study}, f, indent=1)
