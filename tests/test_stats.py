@@ -381,3 +381,18 @@ def test_non_finite_scores_are_refused_with_names():
         stats.require_finite([0.1, np.inf], "pair a_vs_b, split test", ["a-test-1", "b-test-2"])
     with pytest.raises(ValueError, match="non-finite"):
         stats.auroc([1, 0], [np.nan, 0.0])
+
+
+def test_evaluate_split_refuses_nan_naming_pair_split_and_ids():
+    from emofast.probe import SplitIndex
+    from emofast.probe.evaluation import evaluate_split
+
+    p = _probe([1.0, 0.0], [0.0, 0.0])
+    ids = ["a-test-1", "a-test-2", "b-test-1", "b-test-2"]
+    index = SplitIndex(["t"] * 4, ids, np.zeros(4, dtype=np.int64), np.array([1, 1, 0, 0]))
+    scores = np.array([1.0, np.nan, -1.0, -2.0]).reshape(4, 1, 1)
+    with pytest.raises(ValueError, match="pair a_vs_b, split test: 1 non-finite.*a-test-2"):
+        evaluate_split(p, scores, [3], index, n_boot=10, n_perm=10)
+    ok = evaluate_split(p, np.nan_to_num(scores, nan=2.0), [3], index, n_boot=50, n_perm=100)["a_vs_b"]
+    assert ok["resample"] == "scene" and ok["balanced_accuracy"]["value"] == 1.0
+    assert set(ok["calibration"]) == {"constant", "calibrated"} and 0 < ok["permutation_p"] <= 1
