@@ -21,7 +21,8 @@ import torch
 
 from ..data.lexical import LexicalBaseline
 from ..probe.paired import PairedProbe, SplitIndex
-from ..probe.stats import auroc, balanced_accuracy, bootstrap_ci
+from ..probe.selection import layer_scale
+from ..probe.stats import auroc, balanced_accuracy_ci, bootstrap_ci, paired_difference, scene_keys
 
 __all__ = ["CONTROLS", "resolve_controls", "run_controls", "pairs_columns", "RANDOM_INIT_MAX_PARAMS"]
 
@@ -49,23 +50,23 @@ def _ci(t) -> dict:
     return {"value": t[0], "ci95": [t[1], t[2]]}
 
 
-def _compare(y, ours, theirs, keys, n_boot, seed, their_decision) -> dict:
-    """Both balanced accuracies, their AUROCs, and the paired interval of ours - theirs.
+def _compare(y, ours, theirs, keys, n_boot, seed, _unused=None) -> dict:
+    """The other classifier's balanced accuracy (Wilson/MOVER) and AUROC (BCa), and the paired intervals of
+    probe - other (:func:`emofast.probe.stats.paired_difference`: the same resamples, by scene for matched data).
 
     ``ours``: ``(p_left, score)`` of the probe; ``theirs``: ``(decision, score)`` of the other classifier.
     """
-    boot = {"n_boot": n_boot, "seed": seed, "keys": keys}
+    y = np.asarray(y)
     p_ours, s_ours = ours
     d_theirs, s_theirs = theirs
+    scenes = scene_keys(keys, y)
+    diff = {"ids": keys, "n_boot": n_boot, "seed": seed}
     return {
-        "balanced_accuracy": _ci(bootstrap_ci(lambda y, d: balanced_accuracy(y, d), y, d_theirs, **boot)),
-        "auroc": _ci(bootstrap_ci(auroc, y, s_theirs, **boot)),
-        "probe_minus": _ci(
-            bootstrap_ci(
-                lambda y, a, b: balanced_accuracy(y, a > 0.5) - balanced_accuracy(y, b), y, p_ours, d_theirs, **boot
-            )
-        ),
-        "probe_minus_auroc": _ci(bootstrap_ci(lambda y, a, b: auroc(y, a) - auroc(y, b), y, s_ours, s_theirs, **boot)),
+        "balanced_accuracy": _ci(balanced_accuracy_ci(y, np.asarray(d_theirs, dtype=bool), scenes=scenes)),
+        "auroc": _ci(bootstrap_ci(auroc, y, s_theirs, n_boot=n_boot, seed=seed, keys=keys, scenes=scenes)),
+        "probe_minus": paired_difference(y, np.asarray(p_ours) > 0.5, np.asarray(d_theirs, dtype=bool), **diff),
+        "probe_minus_auroc": paired_difference(y, s_ours, s_theirs, metric="auroc", **diff),
+        "resample": "scene" if scenes is not None else "stratified",
     }
 
 
@@ -128,7 +129,9 @@ def _random_init(model, tok, data, fit_kwargs, band, p_left, test: SplitIndex, n
     rprobe, _ = PairedProbe.fit_directions_and_baselines(model, tok, data, rows=fresh_rows[:n_tr], **fk)
     proj, norms = project_rows(fresh_rows, rprobe.directions_for(rprobe.layers))
     del fresh_rows
-    ls = rprobe.layer_scores(proj, norms, rprobe.layers)
+    raw = rprobe.layer_scores(proj, norms, rprobe.layers, standardise=False)
+    rprobe.scales = layer_scale(raw[:n_tr], splits["train"])  # as the run: each layer on its train scale
+    ls = raw / rprobe.scales.T[None]
     rprobe.select_and_calibrate(ls[n_tr : n_tr + n_va], splits["val"], **select)
     rband = rprobe.band_scores(ls[n_tr + n_va :], rprobe.layers)
     rp_left = rprobe.probabilities(rband)
@@ -218,9 +221,7 @@ def run_controls(
             boot = {"n_boot": n_boot, "seed": seed, "keys": keys}
             o[name] = {
                 "n": int(len(idx)),
-                "balanced_accuracy": _ci(
-                    bootstrap_ci(lambda y, q: balanced_accuracy(y, q > 0.5), y, op[idx, p], **boot)
-                ),
+                "balanced_accuracy": _ci(balanced_accuracy_ci(y, op[idx, p] > 0.5, scenes=scene_keys(keys, y))),
                 "auroc": _ci(bootstrap_ci(auroc, y, ob[idx, p], **boot)),
             }
         out["out_of_domain"] = o
