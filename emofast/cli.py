@@ -265,10 +265,7 @@ def cmd_score(args) -> int:
         max_tokens=args.max_tokens,
         strict=args.strict,
         progress=not args.no_progress,
-        rank=0 if tensor_parallel else runner.rank,
-        world_size=1 if tensor_parallel else runner.world_size,
-        barrier=runner.barrier,
-        replica=tensor_parallel and runner.rank != 0,
+        runner=runner,
     )
     if runner.rank == 0:
         print(summary.line())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import time
 import warnings
 
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -193,7 +195,7 @@ def test_corrupted_and_foreign_checkpoints_are_refused(fitted, tmp_path):
     write_jsonl(src, corpus_texts(20))
     out = tmp_path / "o"
     score_corpus(probe, model, tok, src, out, chunk_size=5, progress=False, max_chunks=2)
-    ckpt = out / "checkpoint-rank0.json"
+    ckpt = out / "checkpoint.json"
     good = ckpt.read_text()
     ckpt.write_text(good.replace('"rows": 5', '"rows": 4', 1))
     with pytest.raises(CheckpointError, match="checksum does not match"):
@@ -212,6 +214,9 @@ def test_corrupted_and_foreign_checkpoints_are_refused(fitted, tmp_path):
     write_jsonl(src, corpus_texts(20))
     (out / "part-000001.parquet").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="missing or changed"):
+        score_corpus(probe, model, tok, src, out, chunk_size=5, progress=False)
+    (out / "checkpoint-rank1.json").write_text("{}")  # per-rank checkpoints of emofast before format 2
+    with pytest.raises(CheckpointError, match="checkpoint-rank1.json: a checkpoint of an older emofast"):
         score_corpus(probe, model, tok, src, out, chunk_size=5, progress=False)
 
 
@@ -289,7 +294,9 @@ def test_two_cpu_processes_on_gloo_equal_one(fitted, tmp_path, method, tol):
         tmp_path,
     )
     parts = tmp_path / "scores.parquet.parts"
-    assert (parts / "checkpoint-rank0.json").exists() and (parts / "checkpoint-rank1.json").exists()
+    assert sorted(f.name for f in parts.glob("checkpoint*")) == ["checkpoint.json"]  # rank 0 alone writes
+    # Each chunk of 5 texts is one batch (16 on the CPU), so rank 1 has nothing to compute but joins every gather.
+    assert json.loads((parts / "manifest.json").read_text())["rank_texts"] == [37, 0]
     got = pq.read_table(out)
     ref = probe.score(model, tok, corpus_texts(37))
     assert got.column("id").to_pylist() == [f"doc{i}" for i in range(37)]
@@ -327,8 +334,104 @@ def test_tensor_parallel_on_two_cpu_processes(fitted, tmp_path):
         ],
         tmp_path,
     )
-    assert not (tmp_path / "scores.parquet.parts" / "checkpoint-rank1.json").exists()
+    parts = tmp_path / "scores.parquet.parts"
+    assert sorted(f.name for f in parts.glob("checkpoint*")) == ["checkpoint.json"]  # rank 0 alone writes
     got = pq.read_table(out)
     ref = probe.score(model, tok, corpus_texts(23))
     for col, values in ref.items():
         assert np.allclose(got.column(col).to_numpy(), values, atol=1e-4), col
+
+
+def _one_thread_reference(probe, model, tok, src, out, **kw):
+    """One process, one thread: the arithmetic of each torchrun rank (OMP_NUM_THREADS=1), so that rows compare
+    bit for bit (two threads round fp32 sums differently, by ~1e-6)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        score_corpus(probe, model, tok, src, out, progress=False, **kw)
+    finally:
+        torch.set_num_threads(threads)
+    return pq.read_table(out)
+
+
+def _plan_shares(n: int, chunk: int, batch: int, world: int) -> list[int]:
+    """Texts per rank when every chunk's batches (full ones, then the rest) go to rank ``j % world``."""
+    shares = [0] * world
+    for c in range(0, n, chunk):
+        size = min(chunk, n - c)
+        for j, b in enumerate(range(0, size, batch)):
+            shares[j % world] += min(batch, size - b)
+    return shares
+
+
+def test_two_gloo_ranks_score_any_corpus_size_like_one_process(fitted, tmp_path):
+    """Corpora of 1, 7, 50 and 5,000 texts (two chunks of 4,096 at most) in one torchrun job of two gloo ranks:
+    every output equals one process row by row and bit for bit; ranks with no batch in a chunk still take part;
+    the manifest records what each rank computed; rank 0's bar counts the corpus once, at a whole-job rate."""
+    base, probe, model, tok = fitted
+    args = []
+    for n in (1, 7, 50, 5000):
+        write_jsonl(tmp_path / f"c{n}.jsonl", corpus_texts(n, seed=n))
+        args += [str(tmp_path / f"c{n}.jsonl"), str(tmp_path / f"two-{n}.parquet")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    script = os.path.join(os.path.dirname(__file__), "score_many.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", script]
+    res = subprocess.run([*cmd, str(base / "run"), *args], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    for n in (1, 7, 50, 5000):
+        ref = _one_thread_reference(probe, model, tok, tmp_path / f"c{n}.jsonl", tmp_path / f"one-{n}.parquet")
+        got = pq.read_table(tmp_path / f"two-{n}.parquet")
+        assert got.num_rows == n and got.equals(ref), n
+        manifest = json.loads((tmp_path / f"two-{n}.parquet.parts" / "manifest.json").read_text())
+        assert manifest["rank_texts"] == _plan_shares(n, 4096, 16, 2), n
+        assert manifest["world_sizes"] == [2] and len(manifest["shards"]) == (2 if n > 4096 else 1)
+    assert _plan_shares(50, 4096, 16, 2) == [32, 18] and min(_plan_shares(5000, 4096, 16, 2)) > 2400
+    assert "(texts per rank: 2,504 / 2,496)" in res.stdout
+    # One bar (rank 0) per corpus: totals are the corpus sizes, counts never pass them, token rates are not zero.
+    counts = [(int(a), int(b)) for a, b in re.findall(r"score: +\d+%\S* +(\d+)/(\d+) ", res.stderr)]
+    assert {b for _, b in counts} == {1, 7, 50, 5000} and all(a <= b for a, b in counts)
+    assert (5000, 5000) in counts
+    rates = [float(r.replace(",", "")) for r in re.findall(r"([\d,.]+) tok/s", res.stderr)]
+    assert rates and min(rates) > 0
+
+
+def test_kill_9_of_the_torchrun_job_then_resume_with_any_world_size(fitted, tmp_path):
+    """``kill -9`` of the whole torchrun job (agent and both ranks) mid-corpus; one process then resumes for a few
+    chunks, and two ranks finish: the result is bit for bit one uninterrupted single-process run."""
+    base, probe, model, tok = fitted
+    src = tmp_path / "in.jsonl"
+    write_jsonl(src, corpus_texts(1000, seed=5))
+    ref = _one_thread_reference(probe, model, tok, src, tmp_path / "ref.parquet", chunk_size=10, batch_size=4)
+    out, work = tmp_path / "out.parquet", tmp_path / "out.parquet.parts"
+    args = ["score", "--probe", str(base / "run"), "--input", str(src), "--out", str(out)]
+    args += ["--chunk-size", "10", "--batch-size", "4", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "emofast"]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    proc = subprocess.Popen([*cmd, *args], env=env, cwd=tmp_path, **quiet)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and len(list(work.glob("part-*.parquet"))) < 10:
+        time.sleep(0.02)
+    # The agent and both ranks (torchrun starts each rank in its own session), ranks first: nothing cleans up.
+    job = psutil.Process(proc.pid)
+    for p in [*job.children(recursive=True), job]:
+        p.kill()
+    psutil.wait_procs([*job.children(recursive=True), job], timeout=30)
+    proc.wait()
+    done = json.loads((work / "checkpoint.json").read_text())["body"]["chunks"]
+    assert not out.exists() and 10 <= len(done) < 100, "the job finished before it could be killed"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = score_corpus(probe, model, tok, src, out, chunk_size=10, batch_size=4, progress=False, max_chunks=5)
+    finally:
+        torch.set_num_threads(threads)
+    assert one.resumed_chunks == len(done) and one.chunks == len(done) + 5
+    _torchrun(args, tmp_path)
+    assert pq.read_table(out).equals(ref)
+    manifest = json.loads((work / "manifest.json").read_text())
+    assert manifest["rows"] == 1000 and len(manifest["shards"]) == 100 and manifest["world_sizes"] == [1, 2]
+    # Chunks of 10 in batches of 4, 4, 2: rank 0 computes 6 texts of a two-rank chunk, rank 1 the other 4.
+    two = [s["rank_texts"] for s in manifest["shards"] if len(s["rank_texts"]) == 2]
+    assert len(two) == 95 and all(r == [6, 4] for r in two)
+    assert manifest["rank_texts"] == [6 * 95 + 50, 4 * 95]

@@ -6,7 +6,9 @@ same length-sorted batches as a single process would, runs every ``N``-th of the
 * fitting all-reduces the per-label accumulators (``mean-diff``) or all-gathers the rows (``lda``/``logreg``),
   so every rank holds the same directions;
 * projections are all-gathered and put back in input order, so the statistics equal a single-process run;
-* ``emofast score`` gives each rank every ``N``-th chunk and writes per-rank shards into one manifest.
+* ``emofast score`` splits every chunk of the corpus the same way (every ``N``-th batch of the chunk's plan),
+  gathers the chunk's projections, and rank 0 alone writes shards and checkpoints (see
+  :mod:`emofast.commands.score`); a rank whose share of a chunk is empty still joins the gather.
 
 With ``--tp-plan auto`` (transformers' tensor parallelism, for models too big for one GPU) the ranks instead
 split each layer and run every batch together; nothing is sharded and rank 0 alone writes.
@@ -41,13 +43,31 @@ class Runner:
 
         return accumulate_sets(model, tokenizer, texts, label_sets, **kw)
 
-    def project(self, model, tokenizer, texts, directions, **kw):
+    def project(self, model, tokenizer, texts, directions, stats: dict | None = None, **kw):
+        """``(proj [N, nL, K], norms [N, nL])`` as :func:`emofast.project`; ``stats`` also receives
+        ``rank_texts``, the texts each rank computed (here one rank)."""
         from .api import project
 
-        return project(model, tokenizer, texts, directions, **kw)
+        out = project(model, tokenizer, texts, directions, stats=stats, **kw)
+        if stats is not None:
+            stats["rank_texts"] = [int(stats.get("texts", 0))]
+        return out
 
     def barrier(self) -> None:
         pass
+
+    def broadcast(self, obj):
+        """Rank 0's ``obj`` on every rank (a picklable object).
+
+        Example:
+            >>> state = runner.broadcast(state if runner.rank == 0 else None)   # doctest: +SKIP
+        """
+        if self.world_size == 1:
+            return obj
+        box = [obj]
+        src = 0 if self.group is None else self.dist.get_global_rank(self.group, 0)
+        self.dist.broadcast_object_list(box, src=src, group=self.group)
+        return box[0]
 
 
 class ShardedRunner(Runner):
@@ -70,26 +90,29 @@ class ShardedRunner(Runner):
     def _shard(self) -> tuple[int, int]:
         return (self.rank, self.world_size)
 
-    def _gather(self, n: int, index: np.ndarray, local: tuple) -> tuple:
-        """All-gather each rank's rows (at its input positions ``index``) and assemble them in input order."""
+    def _gather(self, n: int, index: np.ndarray, local: tuple, extra=None) -> tuple:
+        """All-gather each rank's rows (at its input positions ``index``) and assemble them in input order.
+
+        Returns ``(tensors, [(index, extra) of each rank])``; a rank with no rows sends an empty ``index``.
+        """
         parts = [None] * self.world_size
-        self.dist.all_gather_object(parts, (index, tuple(t[index] for t in local)), group=self.group)
+        self.dist.all_gather_object(parts, (index, tuple(t[index] for t in local), extra), group=self.group)
         out = []
         for j, first in enumerate(local):
             full = torch.empty((n, *first.shape[1:]), dtype=first.dtype)
             seen = 0
-            for idx, tensors in parts:
-                full[torch.as_tensor(idx)] = tensors[j]
+            for idx, tensors, _ in parts:
+                full[torch.as_tensor(idx, dtype=torch.int64)] = tensors[j]
                 seen += len(idx)
             if seen != n:
                 raise RuntimeError(f"ranks returned {seen} rows for {n} texts")
             out.append(full)
-        return tuple(out)
+        return tuple(out), [(idx, ex) for idx, _, ex in parts]
 
     def extract(self, model, tokenizer, texts, **kw):
         texts, stats = list(texts), {}
         rows = super().extract(model, tokenizer, texts, shard=self._shard, stats=stats, **kw)
-        return self._gather(len(texts), stats.get("index", np.zeros(0, dtype=np.int64)), (rows,))[0]
+        return self._gather(len(texts), stats.get("index", np.zeros(0, dtype=np.int64)), (rows,))[0][0]
 
     def accumulate_sets(self, model, tokenizer, texts, label_sets, **kw):
         if kw.get("label_names") is None:
@@ -97,10 +120,28 @@ class ShardedRunner(Runner):
         accs = super().accumulate_sets(model, tokenizer, texts, label_sets, shard=self._shard, **kw)
         return [acc.all_reduce(self.group) for acc in accs]
 
-    def project(self, model, tokenizer, texts, directions, **kw):
-        texts, stats = list(texts), {}
-        proj, norms = super().project(model, tokenizer, texts, directions, shard=self._shard, stats=stats, **kw)
-        return self._gather(len(texts), stats.get("index", np.zeros(0, dtype=np.int64)), (proj, norms))
+    def project(self, model, tokenizer, texts, directions, stats: dict | None = None, **kw):
+        """This rank's batches, gathered: ``(proj [N, nL, K], norms [N, nL])`` of every text on every rank.
+
+        ``stats`` receives the whole job's ``texts``, ``tokens``, ``padded_tokens``, ``seconds`` (the slowest
+        rank) and ``index``, and ``rank_texts`` / ``rank_tokens``: what each rank computed.
+        """
+        texts, local = list(texts), {}
+        proj, norms = super().project(model, tokenizer, texts, directions, shard=self._shard, stats=local, **kw)
+        index = local.get("index", np.zeros(0, dtype=np.int64))
+        extra = (int(local.get("tokens", 0)), int(local.get("padded_tokens", 0)), float(local.get("seconds", 0.0)))
+        out, parts = self._gather(len(texts), index, (proj, norms), extra)
+        if stats is not None:
+            stats.update(
+                texts=len(texts),
+                tokens=sum(ex[0] for _, ex in parts),
+                padded_tokens=sum(ex[1] for _, ex in parts),
+                seconds=max(ex[2] for _, ex in parts),
+                index=np.concatenate([np.asarray(idx, dtype=np.int64) for idx, _ in parts]),
+                rank_texts=[len(idx) for idx, _ in parts],
+                rank_tokens=[ex[0] for _, ex in parts],
+            )
+        return out
 
     def barrier(self) -> None:
         self.dist.barrier(group=self.group)

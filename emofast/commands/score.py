@@ -10,16 +10,22 @@ or ``.csv`` file, which is assembled at the end in input order)::
 
     part-000000.parquet ...   scores of chunk k (id, source, line, and the probe's columns)
     errors-000000.jsonl ...   records of chunk k that could not be scored (source, line, problem)
-    checkpoint-rank0.json     progress of rank 0: chunks done, where to resume, fingerprints, shard hashes
-    manifest.json             written at the end: the shards in input order, row and error counts
+    checkpoint.json           progress: chunks done, where to resume, fingerprints, shard hashes, per-rank counts
+    manifest.json             written at the end: the shards in input order, row, error and per-rank text counts
     errors.jsonl              written at the end: every bad record
 
-Under ``torchrun`` every rank takes the chunks ``k`` with ``k % world_size == rank``; rank 0 writes the manifest
-(and the assembled file) once all ranks are done.
+Under ``torchrun`` (a :class:`~emofast.capture.distributed.ShardedRunner`) every rank reads every chunk, plans the
+same length-sorted batches as one process would, and computes every ``world_size``-th batch of it; the chunk's
+projections are gathered, and rank 0 alone scores, writes the shard and records the checkpoint. A rank whose share
+of a chunk is empty (a chunk of fewer batches than ranks) still joins the gather. Rank 0 reads the checkpoint and
+broadcasts where to resume, so nothing waits for a file another rank writes. A shard is the same whatever the
+world size, so a checkpoint is resumed with any number of processes and the result equals one uninterrupted
+single-process run.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -34,7 +40,7 @@ from ..fileio import atomic_write_bytes, write_json
 
 __all__ = ["score_corpus", "CheckpointError", "ScoreSummary", "fingerprint_inputs", "count_records"]
 
-FORMAT = 1
+FORMAT = 2  # 1: one checkpoint per rank, a chunk per rank (refused: delete its folder)
 
 
 class CheckpointError(RuntimeError):
@@ -51,11 +57,15 @@ class ScoreSummary:
     tokens_per_s: float
     out: str
     resumed_chunks: int
+    rank_texts: list[int]  # texts each rank computed in this call
 
     def line(self) -> str:
+        ranks = ""
+        if len(self.rank_texts) > 1:
+            ranks = " (texts per rank: " + " / ".join(f"{n:,}" for n in self.rank_texts) + ")"
         return (
             f"scored {self.rows:,} texts ({self.errors:,} bad records skipped) in {self.seconds:.1f} s: "
-            f"{self.texts_per_s:,.1f} texts/s, {self.tokens_per_s:,.0f} tokens/s -> {self.out}"
+            f"{self.texts_per_s:,.1f} texts/s, {self.tokens_per_s:,.0f} tokens/s{ranks} -> {self.out}"
         )
 
 
@@ -97,7 +107,7 @@ def count_records(path) -> int:
 
 
 class _Checkpoint:
-    """A rank's progress, sealed with a SHA-256 of its own content so that corruption is detected."""
+    """The job's progress (rank 0 writes it), sealed with a SHA-256 of its own content to detect corruption."""
 
     def __init__(self, path: Path, identity: dict):
         self.path = path
@@ -119,12 +129,11 @@ class _Checkpoint:
             raise CheckpointError(
                 f"{self.path}: corrupted checkpoint (its checksum does not match); delete {work} to start over"
             )
-        for key in ("probe", "input", "format", "world_size", "chunk_size", "columns"):
+        for key in ("probe", "input", "format", "chunk_size", "columns"):
             if body["identity"].get(key) != self.identity.get(key):
                 what = {
                     "probe": "another probe",
                     "input": "another input",
-                    "world_size": "another world size",
                     "chunk_size": "another chunk size",
                 }.get(key, f"another {key}")
                 raise CheckpointError(
@@ -138,11 +147,14 @@ class _Checkpoint:
         self.chunks = body["chunks"]
         self.resume = body["resume"]
 
-    def record(self, index, rows, errors, sha, resume) -> None:
-        self.chunks.append({"index": index, "rows": rows, "errors": errors, "sha256": sha})
+    def record(self, index, rows, errors, sha, resume, rank_texts, save: bool = True) -> None:
+        """Add chunk ``index`` (``rank_texts``: texts each rank computed) and, with ``save``, write the file."""
+        entry = {"index": index, "rows": rows, "errors": errors, "sha256": sha, "rank_texts": list(rank_texts)}
+        self.chunks.append(entry)
         self.resume = list(resume)
-        body = {"identity": self.identity, "chunks": self.chunks, "resume": self.resume}
-        write_json(self.path, indent=1, sort_keys=True, obj={"body": body, "sha256": self._seal(body)})
+        if save:
+            body = {"identity": self.identity, "chunks": self.chunks, "resume": self.resume}
+            write_json(self.path, indent=1, sort_keys=True, obj={"body": body, "sha256": self._seal(body)})
 
 
 def _part_name(k: int) -> str:
@@ -179,114 +191,111 @@ def score_corpus(
     max_tokens=None,
     strict: bool = False,
     progress: bool = True,
-    rank: int = 0,
-    world_size: int = 1,
-    barrier=None,
+    runner=None,
     probe_id: str | None = None,
     max_chunks: int | None = None,
-    replica: bool = False,
 ) -> ScoreSummary:
     """Score every text of ``input_path`` against ``probe`` into ``out``, resumably.
 
     Args:
-        probe: a :class:`~emofast.PairedProbe`.
+        probe: a :class:`~emofast.PairedProbe` or an emotion space (``scoring_layers``, ``directions_for``,
+            ``extraction`` and ``columns``).
         input_path: a JSONL, text, CSV or Parquet file, or a folder of them (see :func:`emofast.textio.iter_records`).
         out: a folder for the shards and manifest, or a ``.parquet``/``.csv`` file assembled at the end.
         chunk_size: records per shard and checkpoint.
         strict: stop at the first bad record (unparsable line, empty text) instead of logging and skipping it.
-        rank, world_size, barrier: data-parallel position under ``torch.distributed`` (``barrier`` is called
-            before rank 0 writes the manifest).
+        runner: a :class:`~emofast.capture.distributed.Runner` (default: one process). Under ``torchrun`` a
+            ``ShardedRunner`` splits every chunk by batch; a ``ReplicatedRunner`` (``tp_plan="auto"``) runs every
+            batch on every rank. In both, rank 0 alone writes. Every rank must make the same call.
         probe_id: identity of the probe for the checkpoint (default: a hash of its tensors and spec).
         max_chunks: stop after this many new chunks (for tests and benchmarks that simulate an interruption).
-        replica: a tensor-parallel peer of rank 0 (``tp_plan="auto"``): it scores the same chunks as rank 0, so
-            that the model's collectives pair up, reads rank 0's checkpoint to skip the same chunks, and writes
-            nothing.
 
     Returns:
-        A :class:`ScoreSummary`.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+        A :class:`ScoreSummary` (the same numbers on every rank).
 
+    Example:
+        >>> score_corpus(probe, model, tok, "corpus.jsonl", "scores.parquet")   # doctest: +SKIP
+    """
+    from ..capture.distributed import Runner
+
+    runner = runner or Runner()
+    writer = runner.rank == 0
     out = Path(out)
     single = out.suffix.lower() in (".parquet", ".csv")
     work = out.with_name(out.name + ".parts") if single else out
-    work.mkdir(parents=True, exist_ok=True)
-    columns = probe.column_names()
-    identity = {
-        "format": FORMAT,
-        "probe": probe_id or _probe_id(probe),
-        "input": fingerprint_inputs(input_path),
-        "world_size": world_size,
-        "chunk_size": chunk_size,
-        "columns": columns,
-    }
-    if replica:
-        rank, world_size, identity["world_size"] = 0, 1, 1
-    ckpt = _Checkpoint(work / f"checkpoint-rank{rank}.json", identity)
-    if ckpt.path.exists():
-        ckpt.load(work)
+    ckpt = _Checkpoint(work / "checkpoint.json", {})
+    state = None
+    if writer:
+        # Rank 0 alone reads the checkpoint; every rank learns from it where to resume, or why not.
+        try:
+            work.mkdir(parents=True, exist_ok=True)
+            ckpt.identity = {
+                "format": FORMAT,
+                "probe": probe_id or _probe_id(probe),
+                "input": fingerprint_inputs(input_path),
+                "chunk_size": chunk_size,
+                "columns": probe.column_names(),
+            }
+            old = sorted(work.glob("checkpoint-rank*.json"))
+            if old:
+                raise CheckpointError(
+                    f"{old[0]}: a checkpoint of an older emofast (one per rank, chunks split by rank), which this "
+                    f"version cannot resume; delete {work} to start over"
+                )
+            if ckpt.path.exists():
+                ckpt.load(work)
+            state = ("ok", ckpt.chunks, ckpt.resume, count_records(input_path))
+        except (CheckpointError, OSError, ValueError) as exc:
+            state = ("error", type(exc).__name__, str(exc))
+            runner.broadcast(state)
+            raise
+    state = runner.broadcast(state)
+    if state[0] == "error":
+        kinds = {"CheckpointError": CheckpointError, "ValueError": ValueError, "FileNotFoundError": FileNotFoundError}
+        raise kinds.get(state[1], OSError)(f"(rank 0) {state[2]}")
+    _, ckpt.chunks, ckpt.resume, total = state
     resumed = len(ckpt.chunks)
-    done = {c["index"] for c in ckpt.chunks}
-    # Chunks are numbered in input order; rank r owns k % world_size == r. One process resumes right after its
-    # last chunk; with several ranks, each re-reads (parsing only, not scoring) the chunks before its next one.
-    start, first = ([0, 1], 0) if world_size > 1 or not ckpt.chunks else (ckpt.resume, len(ckpt.chunks))
-    total = count_records(input_path)
+    # Only rank 0 writes, in input order, so the chunks done are 0..resumed-1 and the input resumes after them.
+    start = ckpt.resume if ckpt.chunks else [0, 1]
+    layers = probe.scoring_layers()
+    directions = probe.directions_for(layers)
     bar = None
-    if progress and rank == 0 and not replica:
+    if progress and writer:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, unit="text", desc="score", dynamic_ncols=True, smoothing=0.05)
-        bar.update(sum(c["rows"] + c["errors"] for c in ckpt.chunks) * world_size)
+        bar.update(sum(c["rows"] + c["errors"] for c in ckpt.chunks))
     t0 = time.perf_counter()
     rows = errors = tokens = 0
+    rank_texts: list[int] = []
     new_chunks = 0
-    for k, (records, bad, resume) in enumerate(_chunks(input_path, chunk_size, tuple(start)), start=first):
-        if k % world_size != rank or k in done:
-            continue
+    for k, (records, bad, resume) in enumerate(_chunks(input_path, chunk_size, tuple(start)), start=resumed):
         if strict and bad:
             raise ValueError(f"bad input record (--strict): {bad[0]}")
         stats: dict = {}
-        cols = probe.score(
+        proj, norms = runner.project(
             model,
             tokenizer,
             [r.text for r in records],
+            directions,
+            layers=layers,
             batch_size=batch_size,
             max_tokens=max_tokens,
             progress=False,
             stats=stats,
+            **probe.extraction(),
         )
-        if replica:
-            new_chunks += 1
-            if max_chunks is not None and new_chunks >= max_chunks:
-                break
-            continue
-        table = pa.table(
-            {
-                "id": pa.array([r.id for r in records], pa.string()),
-                "source": pa.array([r.source for r in records], pa.string()),
-                "line": pa.array([r.line for r in records], pa.int64()),
-                **{c: _column(v) for c, v in cols.items()},
-            }
-        )
-        part = work / _part_name(k)
-        tmp = part.with_name(part.name + f".tmp{os.getpid()}")
-        pq.write_table(table, tmp)
-        os.replace(tmp, part)
-        atomic_write_bytes(
-            work / _errors_name(k),
-            "".join(
-                json.dumps({"source": b.source, "line": b.line, "problem": b.problem}) + "\n" for b in bad
-            ).encode(),
-        )
-        ckpt.record(k, len(records), len(bad), sha256_file(part), resume)
+        per_rank = stats.get("rank_texts", [len(records)])
+        sha = _write_chunk(work, k, records, bad, probe.columns(proj, norms, layers)) if writer else None
+        ckpt.record(k, len(records), len(bad), sha, resume, per_rank, save=writer)
         rows += len(records)
         errors += len(bad)
         tokens += stats.get("tokens", 0)
+        rank_texts = _add_counts(rank_texts, per_rank)
         new_chunks += 1
         if bar is not None:
             el = max(time.perf_counter() - t0, 1e-9)
-            bar.update((len(records) + len(bad)) * world_size)
+            bar.update(len(records) + len(bad))
             bar.set_postfix_str(f"{rows / el:,.1f} texts/s, {tokens / el:,.0f} tok/s, {errors} bad", refresh=False)
         if max_chunks is not None and new_chunks >= max_chunks:
             break
@@ -294,22 +303,49 @@ def score_corpus(
         bar.close()
     seconds = time.perf_counter() - t0
     finished = max_chunks is None or new_chunks < max_chunks
-    if barrier is not None:
-        barrier()
-    if rank == 0 and finished and not replica:
-        _finish(work, out if single else None, world_size)
-    n_rows = sum(c["rows"] for c in ckpt.chunks)
-    n_err = sum(c["errors"] for c in ckpt.chunks)
+    if writer and finished:
+        _finish(work, ckpt.chunks, out if single else None)
     return ScoreSummary(
-        rows=n_rows,
-        errors=n_err,
+        rows=sum(c["rows"] for c in ckpt.chunks),
+        errors=sum(c["errors"] for c in ckpt.chunks),
         chunks=len(ckpt.chunks),
         seconds=seconds,
         texts_per_s=rows / max(seconds, 1e-9),
         tokens_per_s=tokens / max(seconds, 1e-9),
         out=str(out),
         resumed_chunks=resumed,
+        rank_texts=rank_texts,
     )
+
+
+def _write_chunk(work: Path, k: int, records, bad, cols: dict) -> str:
+    """Write chunk ``k``'s shard (id, source, line, the probe's columns) and its bad records; the shard's SHA-256."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table(
+        {
+            "id": pa.array([r.id for r in records], pa.string()),
+            "source": pa.array([r.source for r in records], pa.string()),
+            "line": pa.array([r.line for r in records], pa.int64()),
+            **{c: _column(v) for c, v in cols.items()},
+        }
+    )
+    part = work / _part_name(k)
+    tmp = part.with_name(part.name + f".tmp{os.getpid()}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, part)
+    atomic_write_bytes(
+        work / _errors_name(k),
+        "".join(json.dumps({"source": b.source, "line": b.line, "problem": b.problem}) + "\n" for b in bad).encode(),
+    )
+    return sha256_file(part)
+
+
+def _add_counts(a: list[int], b: list[int]) -> list[int]:
+    """Per-rank counts added position by position (the shorter list padded with zeros)."""
+    n = max(len(a), len(b))
+    return [(a[i] if i < len(a) else 0) + (b[i] if i < len(b) else 0) for i in range(n)]
 
 
 def _column(values):
@@ -328,28 +364,33 @@ def _probe_id(probe) -> str:
     return h.hexdigest()
 
 
-def _finish(work: Path, single: Path | None, world_size: int) -> None:
-    """Write the manifest and errors.jsonl from every rank's checkpoint; assemble ``single`` if asked."""
+def _finish(work: Path, chunks: list[dict], single: Path | None) -> None:
+    """Write the manifest and errors.jsonl from the checkpoint's chunks; assemble ``single`` if asked.
+
+    ``rank_texts`` in the manifest: texts each rank computed, summed over the shards (a job resumed with another
+    number of processes adds up its shards' lists position by position; ``world_sizes`` lists the sizes used).
+    """
     import pyarrow.parquet as pq
 
-    chunks = []
-    for r in range(world_size):
-        path = work / f"checkpoint-rank{r}.json"
-        obj = json.loads(path.read_text())
-        chunks += obj["body"]["chunks"]
-    chunks.sort(key=lambda c: c["index"])
     indices = [c["index"] for c in chunks]
     if indices != list(range(len(indices))):
-        missing = sorted(set(range(max(indices, default=-1) + 1)) - set(indices))
-        raise CheckpointError(f"{work}: chunks {missing} are missing; run the same command again to finish them")
+        raise CheckpointError(f"{work}: the checkpoint's chunks are not 0..{len(indices) - 1}; delete {work}")
     manifest = {
         "format": FORMAT,
         "shards": [
-            {"file": _part_name(c["index"]), "rows": c["rows"], "errors": c["errors"], "sha256": c["sha256"]}
+            {
+                "file": _part_name(c["index"]),
+                "rows": c["rows"],
+                "errors": c["errors"],
+                "sha256": c["sha256"],
+                "rank_texts": c["rank_texts"],
+            }
             for c in chunks
         ],
         "rows": sum(c["rows"] for c in chunks),
         "errors": sum(c["errors"] for c in chunks),
+        "rank_texts": functools.reduce(_add_counts, (c["rank_texts"] for c in chunks), []),
+        "world_sizes": sorted({len(c["rank_texts"]) for c in chunks}),
         "errors_file": "errors.jsonl",
     }
     with open(work / "errors.jsonl.tmp", "wb") as f:
