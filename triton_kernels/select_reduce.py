@@ -2,23 +2,27 @@
 
 One program owns a chunk of ``rows_per_prog`` consecutive rows and one ``BLOCK_D`` slice of the hidden size.
 It walks its chunk ``BLOCK_R`` rows at a time; each ``[BLOCK_R, BLOCK_D]`` tile is gathered straight from the
-strided ``x`` (never materialised), converted to fp32 and used twice:
+strided ``x`` (never materialised; the next tile's loads are issued before the current tile is reduced),
+converted to fp32, and for each distinct label of the tile its weighted column sum is taken. The sum of the
+current label is carried over tiles and flushed only when the label changes, so a run of rows with one label
+(all tokens of a sequence, the usual layout) costs one flush per chunk, not one per tile. Labels in random
+order still work, at one masked pass per distinct label of a tile. Rows are selected with ``tl.where``, so an
+``inf`` in one row never turns another label's sum into NaN.
 
-* projections: ``tile @ directions_slice.T`` (``K`` padded to 16 for ``tl.dot``), a partial over this
-  ``BLOCK_D`` slice, added across the slices;
-* sums: for each distinct label of the tile, the weighted column sum of its rows. The sum of the current label
-  is carried over tiles and flushed only when the label changes, so a run of rows with one label (all tokens
-  of a sequence, the usual layout) costs one flush per chunk, not one per tile. Labels in random order still
-  work, at one masked pass per distinct label of a tile.
+Projections are not fused: they are linear, so ``proj = (w * x[b, t]) @ directions.T`` is taken by torch on the
+gathered rows (fp32, in chunks of rows), with no limit on ``K`` and no register or shared-memory cost in the
+kernel. The capture path never asks for them (it projects per-text vectors, one matmul per layer and batch).
 
-Default mode flushes with fp32 atomics into ``out`` and ``proj`` (zeroed first, unless ``accumulate``).
+Default mode flushes with fp32 atomics into ``out`` (zeroed first, unless ``accumulate``).
 
 ``deterministic=True`` uses no atomics. The rows are visited in label order (a stable sort), so every label
 other than the first and the last of a chunk lies entirely inside that chunk, and that chunk alone adds it
 into ``out``. The first/last-label sums of each chunk go to a small ``[chunks, 2, D]`` buffer, which
-:func:`_finalize_sums_kernel` adds up per label, chunk by chunk in order. Projection partials are stored per
-``BLOCK_D`` slice and summed in a fixed order by torch. Everything depends on the inputs and shapes alone, so
-results are bit-identical run to run.
+:func:`_finalize_sums_kernel` adds up per label, chunk by chunk in order. Everything depends on the inputs and
+shapes alone, so results are bit-identical run to run.
+
+The arguments that change from batch to batch (``R``, ``B``, ``T``, ``C``, ``rows_per_prog``) are marked
+``do_not_specialize``: a new batch size or length never triggers a recompile.
 
 Rows whose batch/token index or label is out of range are skipped (the device cannot raise without a host
 sync; skipping keeps every access in bounds). The torch reference raises for them.
@@ -37,10 +41,8 @@ from emofast.kernels.reference import check_select_reduce_args, select_reduce_re
 __all__ = ["select_reduce_triton", "select_reduce_reference"]
 
 # One configuration for every GPU (no autotune: it fails under the interpreter). A [32, 128] tile over 8 warps
-# is 16 values a thread, loaded as 16-byte vectors when the row strides allow. Compiled for sm_90 (contiguous
-# bf16 x) it takes 80 registers without projections and 128 with them (3 and 2 blocks, 24 and 16 warps an SM);
-# fp32 x with projections needs ~255 for the 3-pass tf32 dot (1 block an SM), which the prefetch of the next
-# tile's indices is there to make up for.
+# is 16 values a thread, loaded as 16-byte vectors when the row strides allow; with the next tile in flight,
+# 32 values a thread, in x's dtype until used.
 BLOCK_R = 32
 BLOCK_D = 128
 NUM_WARPS = 8
@@ -48,6 +50,8 @@ NUM_WARPS = 8
 # waves on an H200 (132 SMs) or a T4 (40), and few flushes and partials.
 TARGET_PROGRAMS = 2048
 MAX_ROW_BLOCKS = 64
+# Rows a torch projection takes at a time (bounds the gathered fp32 copy to PROJ_CHUNK x D).
+PROJ_CHUNK = 8192
 
 
 @triton.jit
@@ -120,7 +124,7 @@ def _flush(
             tl.atomic_add(out_ptrs, acc, mask=dmask, sem="relaxed")
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["R", "B", "T", "C", "rows_per_prog"])
 def _select_reduce_kernel(
     x_ptr,
     bidx_ptr,
@@ -128,48 +132,33 @@ def _select_reduce_kernel(
     lab_ptr,
     w_ptr,
     perm_ptr,
-    dir_ptr,
     out_ptr,
-    proj_ptr,
     part_ptr,
     R,
     B,
     T,
     D,
     C,
-    K,
     rows_per_prog,
     stride_xb,
     stride_xt,
     stride_xd,
-    stride_dk,
-    stride_dd,
     stride_oc,
     stride_od,
-    stride_ps,
-    stride_pr,
-    stride_pk,
     HAS_W: tl.constexpr,
-    HAS_DIR: tl.constexpr,
     DETERMINISTIC: tl.constexpr,
-    PROJ_ATOMIC: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    BLOCK_K: tl.constexpr,
 ):
     # Offsets are int64 throughout (B*T*D and the partial buffers can exceed 2**31 elements). tl.cast, not
     # .to(): the JIT turns an int argument equal to 1 into a Python constant.
     stride_xb = tl.cast(stride_xb, tl.int64)
     stride_xt = tl.cast(stride_xt, tl.int64)
     stride_xd = tl.cast(stride_xd, tl.int64)
-    stride_dk = tl.cast(stride_dk, tl.int64)
-    stride_dd = tl.cast(stride_dd, tl.int64)
     stride_oc = tl.cast(stride_oc, tl.int64)
     stride_od = tl.cast(stride_od, tl.int64)
-    stride_ps = tl.cast(stride_ps, tl.int64)
-    stride_pr = tl.cast(stride_pr, tl.int64)
-    stride_pk = tl.cast(stride_pk, tl.int64)
+    R = tl.cast(R, tl.int64)
+    rows_per_prog = tl.cast(rows_per_prog, tl.int64)
     chunk = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1).to(tl.int64)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
@@ -177,15 +166,6 @@ def _select_reduce_kernel(
     start = chunk * rows_per_prog
     end = tl.minimum(start + rows_per_prog, R)
 
-    if HAS_DIR:
-        offs_k = tl.arange(0, BLOCK_K).to(tl.int64)
-        kmask = offs_k < K
-        # [BLOCK_D, BLOCK_K] slice of directions.T, loaded once, fp32 before the dot.
-        dirs = tl.load(
-            dir_ptr + offs_k[None, :] * stride_dk + offs_d[:, None] * stride_dd,
-            mask=dmask[:, None] & kmask[None, :],
-            other=0.0,
-        ).to(tl.float32)
     if DETERMINISTIC:
         first = tl.load(lab_ptr + start)
         last = tl.load(lab_ptr + end - 1)
@@ -195,7 +175,7 @@ def _select_reduce_kernel(
 
     acc = tl.zeros([BLOCK_D], dtype=tl.float32)  # running sum of label `cur`
     cur = tl.full([], -1, tl.int64)  # -1: nothing accumulated yet
-    row, off, lab, w, valid = _load_rows(
+    _row, off, lab, w, valid = _load_rows(
         start,
         end,
         bidx_ptr,
@@ -212,12 +192,10 @@ def _select_reduce_kernel(
         DETERMINISTIC,
         BLOCK_R,
     )
+    tile = tl.load(x_ptr + off[:, None] + offs_d[None, :] * stride_xd, mask=valid[:, None] & dmask[None, :], other=0.0)
     for blk in range(start, end, BLOCK_R):
-        tile = tl.load(
-            x_ptr + off[:, None] + offs_d[None, :] * stride_xd, mask=valid[:, None] & dmask[None, :], other=0.0
-        ).to(tl.float32)
-        # The next tile's row indices load while this tile is in flight (the x load depends on them).
-        nxt = _load_rows(
+        # The next tile (its row indices, then its values) loads while this one is reduced.
+        _nrow, noff, nlab, nw, nvalid = _load_rows(
             blk + BLOCK_R,
             end,
             bidx_ptr,
@@ -234,23 +212,18 @@ def _select_reduce_kernel(
             DETERMINISTIC,
             BLOCK_R,
         )
-
-        if HAS_DIR:
-            # The weight is applied after the dot so that 16-bit inputs stay exact in tf32.
-            p = tl.dot(tile, dirs, input_precision=DOT_PRECISION) * w[:, None]
-            p_ptrs = proj_ptr + pid_d * stride_ps + row[:, None] * stride_pr + offs_k[None, :] * stride_pk
-            pmask = valid[:, None] & kmask[None, :]
-            if PROJ_ATOMIC:
-                tl.atomic_add(p_ptrs, p, mask=pmask, sem="relaxed")
-            else:
-                tl.store(p_ptrs, p, mask=pmask)
+        nxt_tile = tl.load(
+            x_ptr + noff[:, None] + offs_d[None, :] * stride_xd, mask=nvalid[:, None] & dmask[None, :], other=0.0
+        )
+        wtile = tile.to(tl.float32) * w[:, None]
 
         # One masked pass per distinct label of the tile, smallest first (label order when rows are sorted).
+        # tl.where, not a multiplication by a 0/1 mask: inf * 0 would put NaN into the other labels' sums.
         remaining = valid
         while tl.max(remaining.to(tl.int32), axis=0) > 0:
             c = tl.min(tl.where(remaining, lab, C), axis=0)
             sel = remaining & (lab == c)
-            s = tl.sum(tile * tl.where(sel, w, 0.0)[:, None], axis=0)
+            s = tl.sum(tl.where(sel[:, None], wtile, 0.0), axis=0)
             changed = c != cur
             if changed:
                 _flush(
@@ -271,11 +244,11 @@ def _select_reduce_kernel(
             acc = tl.where(changed, s, acc + s)
             cur = c
             remaining = remaining & (lab != c)
-        row, off, lab, w, valid = nxt
+        lab, w, valid, tile = nlab, nw, nvalid, nxt_tile
     _flush(acc, cur, offs_d, dmask, out_ptr, stride_oc, stride_od, part_ptr, chunk, first, last, D, DETERMINISTIC)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["R", "rows_per_prog"])
 def _finalize_sums_kernel(
     part_ptr, out_ptr, slab_ptr, bounds_ptr, R, D, rows_per_prog, stride_oc, stride_od, BLOCK_D: tl.constexpr
 ):
@@ -283,6 +256,8 @@ def _finalize_sums_kernel(
 
     ``slab_ptr`` holds the sorted labels, ``bounds_ptr[c]:bounds_ptr[c + 1]`` the positions of label ``c``.
     """
+    R = tl.cast(R, tl.int64)
+    rows_per_prog = tl.cast(rows_per_prog, tl.int64)
     c = tl.program_id(0).to(tl.int64)
     offs_d = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
     dmask = offs_d < D
@@ -299,19 +274,6 @@ def _finalize_sums_kernel(
             acc += tl.load(part_ptr + slot * D + offs_d, mask=dmask, other=0.0)
     out_ptrs = out_ptr + c * tl.cast(stride_oc, tl.int64) + offs_d * tl.cast(stride_od, tl.int64)
     tl.store(out_ptrs, tl.load(out_ptrs, mask=dmask, other=0.0) + acc, mask=dmask)
-
-
-def _dot_precision(x_dtype: torch.dtype, dir_dtype: torch.dtype, capability: tuple[int, int] | None) -> str:
-    """fp32-accurate ``tl.dot`` precision for these operand dtypes on a GPU of this compute capability.
-
-    fp16/bf16 values are exact in tf32, so one tf32 pass is exact per product; fp32 operands need the 3-pass
-    tf32 split. GPUs before Ampere have no tf32 tensor cores, and the interpreter (``capability=None``) ignores
-    the setting: ieee.
-    """
-    if capability is None or capability < (8, 0):
-        return "ieee"
-    half = (torch.float16, torch.bfloat16)
-    return "tf32" if x_dtype in half and dir_dtype in half else "tf32x3"
 
 
 def _rows_per_program(rows: int, d_blocks: int) -> int:
@@ -350,7 +312,6 @@ def select_reduce_triton(
         )
     n_b, n_t, d = x.shape
     rows = batch_index.shape[0]
-    k = 0 if directions is None else directions.shape[0]
     f32 = torch.float32
     if out is None:
         sums = torch.zeros(num_classes, d, dtype=f32, device=dev)
@@ -360,12 +321,10 @@ def select_reduce_triton(
             sums.zero_()
     proj = None
     if directions is not None:
-        proj = torch.empty(rows, k, dtype=f32, device=dev) if proj_out is None else proj_out
-        proj.zero_()  # the atomics add into it; skipped (invalid) rows read 0
-    if rows == 0 or d == 0:
+        proj = _project(x, batch_index, token_index, labels, num_classes, weights, directions, proj_out)
+    if rows == 0 or d == 0 or num_classes == 0:
         return sums, proj
 
-    has_dir = k > 0
     d_blocks = triton.cdiv(d, BLOCK_D)
     rows_per_prog = _rows_per_program(rows, d_blocks)
     n_chunks = triton.cdiv(rows, rows_per_prog)
@@ -378,16 +337,6 @@ def select_reduce_triton(
         bounds = torch.searchsorted(labels, torch.arange(num_classes + 1, device=dev))
         part = torch.zeros(n_chunks, 2, d, dtype=f32, device=dev)
 
-    # Projections go straight into `proj` (atomics across the D slices, a plain store when there is one),
-    # except in deterministic mode with several slices: per-slice partials, summed in a fixed order below.
-    proj_target, proj_strides = dummy, (0, 0, 0)
-    if has_dir:
-        proj_target = proj
-        if d_blocks > 1 and deterministic:
-            proj_target = torch.zeros(d_blocks, rows, k, dtype=f32, device=dev)
-        proj_strides = proj_target.stride() if proj_target.dim() == 3 else (0, *proj_target.stride())
-
-    capability = torch.cuda.get_device_capability(dev) if dev.type == "cuda" else None
     with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():
         _select_reduce_kernel[(n_chunks, d_blocks)](
             x,
@@ -396,32 +345,23 @@ def select_reduce_triton(
             labels,
             dummy if w is None else w,
             dummy if perm is None else perm,
-            directions if has_dir else dummy,
             sums,
-            proj_target,
             dummy if part is None else part,
             rows,
             n_b,
             n_t,
             d,
             num_classes,
-            k,
             rows_per_prog,
             *x.stride(),
-            *(directions.stride() if has_dir else (0, 0)),
             *sums.stride(),
-            *proj_strides,
             HAS_W=w is not None,
-            HAS_DIR=has_dir,
             DETERMINISTIC=deterministic,
-            PROJ_ATOMIC=has_dir and d_blocks > 1 and not deterministic,
-            DOT_PRECISION=_dot_precision(x.dtype, directions.dtype, capability) if has_dir else "ieee",
             BLOCK_R=BLOCK_R,
             BLOCK_D=BLOCK_D,
-            BLOCK_K=max(16, triton.next_power_of_2(k)),
             num_warps=NUM_WARPS,
         )
-        if deterministic and num_classes:
+        if deterministic:
             _finalize_sums_kernel[(num_classes, d_blocks)](
                 part,
                 sums,
@@ -434,6 +374,26 @@ def select_reduce_triton(
                 BLOCK_D=BLOCK_D,
                 num_warps=4,  # one value of the [BLOCK_D] row a thread
             )
-    if has_dir and proj_target.dim() == 3:
-        proj.copy_(proj_target.sum(dim=0))  # fixed-order reduction of the per-slice partials
     return sums, proj
+
+
+def _project(x, batch_index, token_index, labels, num_classes, weights, directions, proj_out):
+    """``proj [R, K] = (w * x[b, t]) @ directions.T`` in fp32, ``PROJ_CHUNK`` rows at a time.
+
+    Out-of-range rows (skipped by the kernel) get 0, as in the kernel's contract.
+    """
+    n_b, n_t, _ = x.shape
+    rows, k = batch_index.shape[0], directions.shape[0]
+    proj = torch.empty(rows, k, dtype=torch.float32, device=x.device) if proj_out is None else proj_out
+    if rows == 0 or k == 0:
+        return proj.zero_()
+    dirs_t = directions.to(torch.float32).T
+    for lo in range(0, rows, PROJ_CHUNK):
+        b, t = batch_index[lo : lo + PROJ_CHUNK], token_index[lo : lo + PROJ_CHUNK]
+        lab = labels[lo : lo + PROJ_CHUNK]
+        ok = (b >= 0) & (b < n_b) & (t >= 0) & (t < n_t) & (lab >= 0) & (lab < num_classes)
+        part = x[b.clamp(0, max(n_b - 1, 0)), t.clamp(0, max(n_t - 1, 0))].to(torch.float32)
+        w = ok.to(torch.float32) if weights is None else torch.where(ok, weights[lo : lo + PROJ_CHUNK].float(), 0.0)
+        part = torch.where(ok[:, None], part * w[:, None], 0.0)
+        proj[lo : lo + PROJ_CHUNK].copy_(part @ dirs_t)
+    return proj

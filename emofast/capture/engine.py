@@ -41,6 +41,7 @@ from .plan import (
     progress,
     resolve_position,
     row_plan,
+    to_device,
 )
 
 __all__ = [
@@ -145,18 +146,21 @@ def _shared_prefix(encodings: list[list[int]]) -> int:
 
 
 class _PrefixState:
-    """The shared prefix's KV cache and, per requested layer, its hidden states plus their sum as a last row."""
+    """The shared prefix's KV cache and, per requested layer, its hidden states plus their sum as a last row
+    (``states``, ``[1, P + 1, D]`` fp32) and that sum alone (``sums``, ``[D]`` fp32)."""
 
     def __init__(self, layout: Layout, ids: list[int], layers: list[int], device, config):
         from transformers import DynamicCache
 
         self.length = len(ids)
         self.states: dict[int, torch.Tensor] = {}
+        self.sums: dict[int, torch.Tensor] = {}
         self.cache = DynamicCache(config=config)
 
         def sink(_slot, layer, hidden):
             h = hidden.float()
             self.states[layer] = torch.cat([h, h.sum(dim=1, keepdim=True)], dim=1)  # [1, P + 1, D]
+            self.sums[layer] = self.states[layer][0, -1]
 
         hooks = _Hooks(layout, layers, sink)
         t = torch.tensor([ids], dtype=torch.long, device=device)
@@ -211,15 +215,17 @@ class _Pass:
             # A sliding window counts cache slots, and padding between the prefix and a text would shift it:
             # such a batch runs whole, left-padded, as the reference does.
             plen, width = 0, width + plen
-        ids = torch.full((B, width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((B, width), dtype=torch.long)
+        # Inputs are built in numpy and handed over once (no per-text torch ops).
+        ids = np.full((B, width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((B, width), dtype=np.int64)
         pad = np.empty(B, dtype=np.int64)
         for r, i in enumerate(idx):
             suffix = self.encodings[i][plen:]
             pad[r] = width - len(suffix)
-            ids[r, pad[r] :] = torch.tensor(suffix, dtype=torch.long)
+            ids[r, pad[r] :] = suffix
             mask[r, pad[r] :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0) + plen
+        ids, mask, positions = to_device(np.stack([ids, mask, positions]), self.device).unbind(0)  # one transfer
         kwargs = {"input_ids": ids, "attention_mask": mask, "use_cache": False}
         if plen:
             ones = torch.ones((B, plen), dtype=mask.dtype, device=self.device)
@@ -231,19 +237,25 @@ class _Pass:
                 }
             )
         if self.layout.position_ids:
-            kwargs["position_ids"] = (mask.cumsum(dim=1) - 1).clamp(min=0) + plen
+            kwargs["position_ids"] = positions
+        # A mean is summed unweighted and scaled once per batch; the prefix's sum row is added once per layer.
+        mean = self.position == "mean"
+        lengths = self.lengths[idx]
         batch = Batch(
             index=idx,
-            lengths=self.lengths[idx],
-            rows=row_plan(idx, self.lengths[idx], pad, plen, self.position, self.device),
+            lengths=lengths,
+            rows=row_plan(idx, lengths, pad, plen, self.position, self.device, weighted=not mean),
+            scale=1.0 / lengths if mean else None,
+            add=("prefix_sum",) if mean and plen else (),
         )
-        prefix_states = self.prefix.states if plen else None
+        prefix = self.prefix if plen else None
         self.reducer.begin(batch)
 
         def sink(slot, layer, hidden):
             sources = {"live": hidden}
-            if prefix_states is not None:
-                sources["prefix"] = prefix_states[layer]
+            if prefix is not None:
+                sources["prefix"] = prefix.states[layer]
+                sources["prefix_sum"] = prefix.sums[layer]
             self.reducer.layer(slot, batch, sources)
 
         hooks = _Hooks(self.layout, self.layers, sink)
@@ -327,5 +339,3 @@ def run_pass(model, tokenizer, texts, reducer, opts: Options, *, blocks=None, fi
     stats.index = np.concatenate(done) if done else np.zeros(0, dtype=np.int64)
     stats.texts, stats.tokens, stats.seconds = len(stats.index), done_tokens, time.perf_counter() - t0
     return stats
-
-

@@ -19,6 +19,7 @@ from .prompts import check_texts, render_prompts, tokenize
 
 __all__ = [
     "NonFiniteError",
+    "non_finite_message",
     "Options",
     "Batch",
     "PassStats",
@@ -26,6 +27,7 @@ __all__ = [
     "resolve_position",
     "plan_batches",
     "row_plan",
+    "to_device",
     "prepare_texts",
     "check_lengths",
     "check_finite",
@@ -114,11 +116,16 @@ class Batch:
             which rows of which tensor make up each text's vector; ``source`` is ``"live"`` (the layer's hidden
             states for this batch) or ``"prefix"`` (the shared prefix's states, plus its sum as a last row).
             ``segment`` is the text's position ``0..B-1`` inside the batch.
+        scale: optional ``[B]`` factor applied to each text's summed rows (``1 / length`` for a mean whose rows
+            come unweighted).
+        add: names of sources holding one ``[D]`` row added to every text's vector (the shared prefix's sum).
     """
 
     index: np.ndarray
     lengths: np.ndarray
     rows: list
+    scale: np.ndarray | None = None
+    add: tuple = ()
 
     def __post_init__(self):
         self._moved: dict = {}
@@ -134,8 +141,11 @@ class Batch:
         return self._moved[device]
 
 
-def row_plan(index, lengths, pad, prefix_len, position, device) -> list:
+def row_plan(index, lengths, pad, prefix_len, position, device, weighted: bool = True) -> list:
     """Rows to take for each text: see :class:`Batch`.
+
+    ``weighted=False`` leaves the ``1 / length`` weights of ``"mean"`` out (the caller scales each text's sum
+    instead, :attr:`Batch.scale`) and leaves out the prefix row, which the caller adds itself.
 
     A text of ``n`` tokens sits in its row of the batch after ``pad`` pads, minus the ``prefix_len`` tokens
     served by the shared prefix; token ``j`` of the text is ``j`` of the prefix states when ``j < prefix_len``,
@@ -151,8 +161,8 @@ def row_plan(index, lengths, pad, prefix_len, position, device) -> list:
         seg = np.repeat(texts, count)
         within = np.arange(len(seg)) - np.repeat(np.cumsum(count) - count, count)
         w = 1.0 / n
-        sources.append(("live", seg, pad[seg] + within, w[seg], seg))
-        if prefix_len:
+        sources.append(("live", seg, pad[seg] + within, w[seg] if weighted else None, seg))
+        if prefix_len and weighted:
             sources.append(("prefix", np.zeros_like(texts), np.full_like(texts, prefix_len), w, texts))
     else:
         j = n - 1 if position == "last" else (np.full_like(n, position) if position >= 0 else n + position)
@@ -167,10 +177,21 @@ def row_plan(index, lengths, pad, prefix_len, position, device) -> list:
     plan = []
     for src, b, t, w, seg in sources:
         if len(b):
-            as_i64 = lambda v: torch.as_tensor(v, dtype=torch.int64).to(device)  # noqa: E731
-            wt = None if w is None else torch.as_tensor(w, dtype=torch.float32).to(device)
-            plan.append((src, as_i64(b), as_i64(t), wt, as_i64(seg)))
+            wt = None if w is None else to_device(w, device, np.float32)
+            b_t, t_t, seg_t = to_device(np.stack([b, t, seg]), device).unbind(0)  # one transfer for the three
+            plan.append((src, b_t, t_t, wt, seg_t))
     return plan
+
+
+def to_device(values, device, dtype=np.int64) -> torch.Tensor:
+    """A numpy array as a tensor on ``device`` (no copy, and no op, where it already is).
+
+    Example:
+        >>> to_device(np.arange(3), "cpu")
+        tensor([0, 1, 2])
+    """
+    t = torch.from_numpy(np.ascontiguousarray(values, dtype=dtype))
+    return t if t.device == torch.device(device) else t.to(device, non_blocking=True)
 
 
 @dataclass
@@ -234,9 +255,13 @@ def check_finite(checks, layers, model):
     if bool(flags.all()):
         return
     slot = checks[int((~flags).nonzero()[0, 0])][0]
-    dtype = next(model.parameters()).dtype
-    raise NonFiniteError(
-        f"non-finite activations (inf/NaN) at layer {layers[slot]} with the model in {dtype}; this is usually "
+    raise NonFiniteError(non_finite_message(layers[slot], next(model.parameters()).dtype))
+
+
+def non_finite_message(layer: int, dtype) -> str:
+    """The :class:`NonFiniteError` message for an inf/NaN at ``layer`` with hidden states of ``dtype``."""
+    return (
+        f"non-finite activations (inf/NaN) at layer {layer} with the model in {dtype}; this is usually "
         "fp16 overflow: load the model with dtype='bfloat16' (GPUs from Ampere on) or dtype='float32'"
     )
 

@@ -6,6 +6,12 @@
   (``bench/README.md``), else to torch.
 * ``EMOFAST_KERNEL=torch|cpp|triton`` forces one implementation for every call.
 
+Fail-safe: the first call of each kernel variant (kernel, device, x dtype, weights or not, directions dtype,
+deterministic, accumulate) on a device also runs the torch reference on that call's data and compares (tolerance
+from x's dtype). Any exception (a compile error, ``OutOfResources``, an invalid device image, a failed launch)
+or a mismatch, on that call or a later one, gives one ``RuntimeWarning`` naming the cause, and torch serves every
+later call of the process. With ``EMOFAST_KERNEL`` set, an exception or a mismatch raises instead.
+
 Nothing here imports triton or the compiled extension until a kernel is first needed.
 
 Example:
@@ -27,13 +33,20 @@ import torch
 
 from .reference import check_select_reduce_args, select_reduce_reference
 
-__all__ = ["available", "select_reduce", "select_reduce_reference", "choose", "KERNEL_ENV"]
+__all__ = ["available", "select_reduce", "select_reduce_reference", "choose", "disabled", "tolerance", "KERNEL_ENV"]
 
 KERNEL_ENV = "EMOFAST_KERNEL"
 _NAMES = ("torch", "cpp", "triton")
 _lock = threading.Lock()
 _loaded: dict[str, object] = {}
 _failed: dict[str, str] = {}
+_verified: set[tuple] = set()  # kernel variants whose first call matched the reference
+_disabled: dict[str, str] = {}  # kernel -> why it was turned off at run time (torch serves its calls)
+# Largest |kernel - reference| allowed on the first-call check, relative to the sum of the magnitudes of the
+# terms (the reference run on |x|, |w|, |directions|): the kernels read 16-bit values exactly and accumulate in
+# fp32, so they differ from the reference by summation order only; these leave room for that and for tf32
+# products, and catch garbage, missing rows and zeros.
+_RTOL = {torch.float32: 1e-4, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 
 
 def _load(name: str):
@@ -103,11 +116,29 @@ def choose(x: torch.Tensor, rows: int, k: int) -> str:
         if _load(forced) is None:
             raise RuntimeError(f"{KERNEL_ENV}={forced} but that kernel failed to load: {_failed.get(forced)}")
         return forced
+    name = _auto(x, rows, k)
+    if name != "torch" and (name in _disabled or _load(name) is None):
+        return "torch"
+    return name
+
+
+def _auto(x: torch.Tensor, rows: int, k: int) -> str:
+    """The automatic choice before load failures and run-time failures are taken into account."""
     if x.device.type == "cuda":
-        return "triton" if _load("triton") is not None else "torch"
-    if x.device.type == "cpu" and _cpp_wins(rows, x.shape[-1], k) and _load("cpp") is not None:
+        return "triton"
+    if x.device.type == "cpu" and _cpp_wins(rows, x.shape[-1], k):
         return "cpp"
     return "torch"
+
+
+def disabled() -> dict[str, str]:
+    """Kernels turned off at run time in this process, with the cause: ``{"triton": "OutOfResources: ..."}``."""
+    return dict(_disabled)
+
+
+def tolerance(dtype: torch.dtype) -> float:
+    """Relative tolerance of the first-call check for hidden states of ``dtype`` (see ``_RTOL``)."""
+    return _RTOL.get(dtype, 1e-4)
 
 
 def select_reduce(
@@ -132,17 +163,112 @@ def select_reduce(
         x, batch_index, token_index, labels, num_classes, weights, directions, out, proj_out, accumulate
     )
     name = choose(x, batch_index.shape[0], 0 if directions is None else directions.shape[0])
+    kw = dict(weights=weights, directions=directions, accumulate=accumulate, deterministic=deterministic)
+    args = (x, batch_index, token_index, labels, num_classes)
+    if name == "torch":
+        return select_reduce_reference(*args, out=out, proj_out=proj_out, **kw)
     fn = _load(name)
-    return fn(
-        x,
-        batch_index,
-        token_index,
-        labels,
-        num_classes,
-        weights=weights,
-        directions=directions,
-        out=out,
-        proj_out=proj_out,
-        accumulate=accumulate,
-        deterministic=deterministic,
+    forced = bool(os.environ.get(KERNEL_ENV, "").strip())
+    key = (
+        name,
+        str(x.device),
+        x.dtype,
+        weights is not None,
+        None if directions is None else directions.dtype,
+        deterministic,
+        accumulate,
     )
+    if key not in _verified:
+        return _first_call(name, fn, key, forced, args, out, proj_out, kw)
+    if forced:
+        return fn(*args, out=out, proj_out=proj_out, **kw)
+    try:
+        return fn(*args, out=out, proj_out=proj_out, **kw)
+    except Exception as exc:  # noqa: BLE001 - any kernel failure falls back to torch (module docstring)
+        _give_up(name, key, f"{type(exc).__name__}: {exc}")
+        # A launch that raised wrote nothing into `out` (its zeroing aside, which the reference redoes).
+        return select_reduce_reference(*args, out=out, proj_out=proj_out, **kw)
+
+
+def _describe(key: tuple) -> str:
+    name, device, dtype, has_w, dir_dtype, deterministic, accumulate = key
+    parts = [f"{str(dtype).removeprefix('torch.')} x", "weights" if has_w else "no weights"]
+    parts.append("no directions" if dir_dtype is None else f"{str(dir_dtype).removeprefix('torch.')} directions")
+    parts += ["deterministic"] * deterministic + ["accumulate"] * accumulate
+    return f"{name} kernel on {device} ({', '.join(parts)})"
+
+
+def _give_up(name: str, key: tuple, cause: str) -> None:
+    """Turn ``name`` off for the rest of the process, with one warning naming the cause."""
+    with _lock:
+        first = name not in _disabled
+        _disabled.setdefault(name, cause)
+    if first:
+        warnings.warn(
+            f"emofast: the {_describe(key)} failed: {cause[:400]}; the torch reference kernel serves every later "
+            f"call in this process (set {KERNEL_ENV}={name} to make this an error instead)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+def _mismatch(got, ref, bound, rtol: float, what: str) -> str | None:
+    """Why ``got`` is not ``ref`` within ``rtol * bound`` (elementwise), or None."""
+    if ref is None or got is None:
+        return None if ref is None and got is None else f"{what}: one of kernel/reference returned None"
+    if got.shape != ref.shape or got.dtype != ref.dtype:
+        return f"{what}: got {got.dtype} {tuple(got.shape)}, the reference {ref.dtype} {tuple(ref.shape)}"
+    fin = torch.isfinite(ref)
+    if not torch.equal(fin, torch.isfinite(got)):
+        return f"{what}: inf/NaN where the reference is finite, or the reverse"
+    err = ((got - ref).abs() - rtol * bound - 1e-6)[fin]
+    if err.numel() and err.max().item() > 0:
+        worst = ((got - ref).abs() / (bound + 1e-6))[fin].max().item()
+        return f"{what}: differs from the torch reference by {worst:.1e} of the magnitude (tolerance {rtol:g})"
+    return None
+
+
+def _first_call(name, fn, key, forced, args, out, proj_out, kw):
+    """Run kernel ``name`` and the reference on this call's data; keep the kernel if they agree (see the module
+    docstring for what happens if not)."""
+    x, batch_index, token_index, labels, num_classes = args
+    start = out.clone() if (out is not None and kw["accumulate"]) else None
+    try:
+        sums, proj = fn(*args, out=out, proj_out=proj_out, **kw)
+        cause = None
+    except Exception as exc:  # noqa: BLE001 - reported below
+        if forced:
+            raise
+        sums = proj = None
+        cause = f"{type(exc).__name__}: {exc}"
+    if cause is None:
+        # The reference raises on bad input (out-of-range rows), which is the caller's error, not the kernel's.
+        ref_out = None if start is None else start.clone()
+        ref_sums, ref_proj = select_reduce_reference(*args, **{**kw, "deterministic": True}, out=ref_out)
+        w, d = kw["weights"], kw["directions"]
+        bound_sums, bound_proj = select_reduce_reference(
+            x.abs(),
+            batch_index,
+            token_index,
+            labels,
+            num_classes,
+            weights=None if w is None else w.abs(),
+            directions=None if d is None else d.abs(),
+            deterministic=True,
+        )
+        if start is not None:
+            bound_sums = bound_sums + start.abs()
+        rtol = tolerance(x.dtype)
+        cause = _mismatch(sums, ref_sums, bound_sums, rtol, "sums") or _mismatch(
+            proj, ref_proj, bound_proj, rtol, "projections"
+        )
+        if cause is None:
+            with _lock:
+                _verified.add(key)
+            return sums, proj
+        if forced:
+            raise RuntimeError(f"{KERNEL_ENV}={name}: the {_describe(key)} gave wrong results: {cause}")
+    _give_up(name, key, cause)
+    if start is not None:
+        out.copy_(start)
+    return select_reduce_reference(*args, out=out, proj_out=proj_out, **kw)

@@ -109,7 +109,9 @@ def select_reduce_reference(
     check_select_reduce_args(
         x, batch_index, token_index, labels, num_classes, weights, directions, out, proj_out, accumulate
     )
-    rows = x[batch_index, token_index].float()  # [R, D]
+    rows = x[batch_index, token_index]  # [R, D]
+    if rows.dtype != torch.float32:  # (a no-op .float() is still an op on the host)
+        rows = rows.float()
     if weights is not None:
         rows = rows * weights.float()[:, None]
     if out is None:
