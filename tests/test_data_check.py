@@ -83,3 +83,29 @@ def test_bad_folders_are_named(tmp_path, capsys):
     (root / "glum_vs_glad/val/glad.jsonl").write_text("{not json\n")
     assert main(["data", "check", str(root)]) == 2
     assert "glad.jsonl:1" in capsys.readouterr().err
+
+
+def test_the_bundled_data_passes_its_own_check():
+    """The rebuilt bundled pairs: no style cue separates the sides (AUROC <= 0.60 on every split and pair), the
+    sizes the card states, no cross-split near-duplicate, and a neutral set in the pairs' registers."""
+    from emofast.data.cues import STYLE_CUES
+
+    r = check_dataset()
+    assert r["warnings"] == []
+    for name, e in r["pairs"].items():
+        assert set(e["splits"]) == {"train", "val", "test", "ood"}, name
+        for split, s in e["splits"].items():
+            for cue in STYLE_CUES:
+                assert s["auroc"][cue] <= 0.60, (name, split, cue, s["auroc"][cue])
+        sizes = {split: min(s["texts"].values()) for split, s in e["splits"].items()}
+        assert sizes["train"] >= 96 and sizes["val"] >= 48 and sizes["test"] >= 64 and sizes["ood"] >= 32, name
+        pr = e["pairing"]["test"]
+        assert pr["matched_jaccard"] > 2 * pr["random_jaccard"]
+    assert r["near_duplicates"] == []
+    n = r["neutral"]
+    assert (
+        n["texts"] >= 160
+        and n["rates"]["negation"] > 0.1
+        and n["rates"]["exclaim"] > 0
+        and n["rates"]["question"] > 0.05
+    )
