@@ -206,7 +206,8 @@ def test_report_numbers_equal_the_metrics(runs, report):
     assert "Polarity swap (software self-test, not evidence)" in md
     assert "Evidence (each can come out against the probe)" in md
     versus = md_table(tables, "pair", "model A", "model B", "A - B [95% CI]")
-    assert {r["pair"] for r in versus} == set(metrics_of(runs[0])["pairs_test"]) & set(metrics_of(runs[1])["pairs_test"])
+    both = set(metrics_of(runs[0])["pairs_test"]) & set(metrics_of(runs[1])["pairs_test"])
+    assert {r["pair"] for r in versus} == both
     assert f"left sides among the top-3 labels: {left_top} of {n_top} " in md
     assert f"interval: {lean_left} to the left side, {lean_right} to the right side." in md
 

@@ -54,7 +54,7 @@ def extraction_of(tokenizer, chat_template, system_prompt, position) -> dict:
 
 def extract_rows(runner, model, tokenizer, texts, *, spill_dir=None, **kw) -> torch.Tensor:
     """``[N, L+1, D]`` fp32 rows of every text at every layer, in input order; memory-mapped under
-    ``spill_dir/.rows/`` when given (chunks of 1,024 texts go through the model in turn)."""
+    ``spill_dir/.rows/`` when given (chunks of 1,024 texts go through the model in turn; one file per rank)."""
     if spill_dir is None:
         return runner.extract(model, tokenizer, texts, **kw)
     folder = Path(spill_dir) / SPILL_DIR

@@ -1,9 +1,10 @@
 """``emofast run``: fit a paired probe, evaluate it on held-out texts, and write the run folder.
 
-Two passes over the model: one :func:`emofast.accumulate` over the train split (the directions; the
-``lda``/``logreg`` methods take train rows instead), and one :func:`emofast.project` of every text (all splits
-and the neutral set) on every layer's directions. Layers and calibration are chosen on the val split only; the
-test split is used for nothing but the final numbers.
+Every text (all splits and the neutral set) goes through the model once: its rows at every layer give the train
+split's directions and every projection (:mod:`emofast.commands.onepass`; above a memory budget the rows are
+memory-mapped, or ``mean-diff`` streams two passes instead). Layers and calibration are chosen on the val split
+only; the test split is used for nothing but the final numbers; the controls (:mod:`emofast.commands.controls`)
+follow.
 """
 
 from __future__ import annotations
@@ -173,26 +174,30 @@ def run(
         # every text through the model once: the rows of every layer, held (or memory-mapped), give the train
         # split's directions and every projection
         ex = extraction_of(tokenizer, chat_template, system_prompt, position)
-        rows = extract_rows(
-            runner,
-            model,
-            tokenizer,
-            texts,
-            spill_dir=out if plan["spill"] else None,
-            batch_size=batch_size,
-            max_tokens=max_tokens,
-            progress=progress,
-            **ex,
-        )
-        n_train = len(splits["train"].texts)
-        probe, baselines = PairedProbe.fit_directions_and_baselines(model, tokenizer, data, rows=rows[:n_train], **fit)
-        timing["model_pass_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        everyone = [probe, *baselines]
-        dirs = torch.cat([p.directions_for(probe.layers) for p in everyone], dim=1)
-        proj, norms = project_rows(rows, dirs)
-        del rows
-        remove_spill(out if plan["spill"] else None)
+        try:
+            rows = extract_rows(
+                runner,
+                model,
+                tokenizer,
+                texts,
+                spill_dir=out if plan["spill"] else None,
+                batch_size=batch_size,
+                max_tokens=max_tokens,
+                progress=progress,
+                **ex,
+            )
+            n_train = len(splits["train"].texts)
+            probe, baselines = PairedProbe.fit_directions_and_baselines(
+                model, tokenizer, data, rows=rows[:n_train], **fit
+            )
+            timing["model_pass_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            everyone = [probe, *baselines]
+            dirs = torch.cat([p.directions_for(probe.layers) for p in everyone], dim=1)
+            proj, norms = project_rows(rows, dirs)
+            del rows
+        finally:
+            remove_spill(out if plan["spill"] else None)
         timing["projection_s"] = time.perf_counter() - t
         timing["texts_through_model"] = len(texts)
     else:
@@ -254,6 +259,7 @@ def run(
         "width": width,
         "score": score,
         "calibration": calibration,
+        "val_use": val_use,
         "position": position,
         "chat_template": chat_template,
         "system_prompt": system_prompt,

@@ -22,13 +22,18 @@ __all__ = ["run_space", "default_space_dir"]
 
 
 def default_space_dir(model_name: str) -> Path:
-    return Path("runs") / (Path(str(model_name)).name.replace("/", "_") + "-space")
+    """``runs/<model>-space``, beside the pair run's ``runs/<model>``."""
+    from .run import default_run_dir
+
+    d = default_run_dir(model_name)
+    return d.with_name(d.name + "-space")
 
 
 def _lexical(data, n_boot, seed) -> dict:
     """N-way TF-IDF + logistic regression on the same splits; C by val accuracy."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
 
     _, tr, ytr = data.split("train")
     _, va, yva = data.split("val")
@@ -36,11 +41,12 @@ def _lexical(data, n_boot, seed) -> dict:
     vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
     x = vec.fit_transform(tr)
     best = None
+    xv, yv = vec.transform(va), np.asarray(yva)
     for C in C_GRID:
         m = LogisticRegression(C=C, max_iter=3000, random_state=seed).fit(x, ytr)
-        acc = float(np.mean(m.predict(vec.transform(va)) == np.asarray(yva)))
-        if best is None or acc > best[0]:
-            best = (acc, C, m)
+        key = (float(np.mean(m.predict(xv) == yv)), -log_loss(yv, m.predict_proba(xv), labels=m.classes_))
+        if best is None or key > best[0]:  # val accuracy, ties by val log-loss
+            best = (key, C, m)
     z = best[2].decision_function(vec.transform(te))
     y = np.asarray(yte)
     t1 = bootstrap_ci(lambda y, z: topk_accuracy(z, y, 1), y, z, n_boot=n_boot, seed=seed, keys=ids)
@@ -191,7 +197,10 @@ def run_space(
 
 
 def default_pair_run(name: str) -> Path:
-    return Path("runs") / Path(str(name)).name.replace("/", "_")
+    """Where ``emofast run`` writes a model's pair run by default."""
+    from .run import default_run_dir
+
+    return default_run_dir(name)
 
 
 def _round(obj, nd=6):

@@ -28,7 +28,7 @@ from ..fileio import write_json
 __all__ = ["steer_check", "DEFAULT_ALPHAS", "MEASURES"]
 
 DEFAULT_ALPHAS = (-8.0, -4.0, -2.0, 0.0, 2.0, 4.0, 8.0)
-MEASURES = ("vader", "probe_score", "probe_p_left", "perplexity", "distinct_2")
+MEASURES = ("vader", "probe_score", "probe_p_left", "perplexity", "distinct_2", "empty")
 
 
 def _boot_mean(x: np.ndarray, rng, n_boot: int) -> tuple[float, float, float]:
@@ -145,11 +145,12 @@ def steer_check(
                     "alpha": alpha,
                     "prompt_id": pids[i],
                     "text": t,
-                    "vader": float(vader[i]),
+                    "vader": float(vader[i]) if t.strip() else float("nan"),  # an empty text has no valence
                     "probe_score": float(score[i]),
                     "probe_p_left": float(p_left[i]),
                     "perplexity": float(ppl[i]),
                     "distinct_2": float(distinct_2(t)),
+                    "empty": float(not t.strip()),  # generation that collapsed to nothing: counted, not hidden
                 }
             )
     with open(out / "steer.jsonl", "w", encoding="utf-8") as f:
@@ -192,7 +193,8 @@ def steer_check(
         "alphas": alphas,
         "n_prompts": len(pids),
         "generation": {**gen, "system_prompt": gen["system_prompt"]},
-        "vector": kind, "sigma": {str(k): s for k, (_, s) in vectors[pair].items()},
+        "vector": kind,
+        "sigma": {str(k): s for k, (_, s) in vectors[pair].items()},
         "judge": "VADER compound (vaderSentiment)",
         "summary": summary,
         "spearman": spear,

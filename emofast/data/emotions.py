@@ -137,7 +137,11 @@ def load_emotions(root=None, emotions=None) -> EmotionDataset:
             missing = [s for s in ("train", "test") if s not in neutral_files]
             if missing:
                 raise DataError(f"{root}: the neutral set has no {' or '.join(missing)} split")
-            neutral = {s: load_jsonl(f) for s, f in neutral_files.items()}
+            unknown = sorted(set(neutral_files) - set(EMOTION_SPLITS))
+            if unknown:
+                raise DataError(f"{root}: unknown neutral split(s) {unknown}; expected train, val, test")
+            # a fixed order: the reference is fitted on train, the rest is held out
+            neutral = {s: load_jsonl(neutral_files[s]) for s in EMOTION_SPLITS if s in neutral_files}
             hashes = {str(f.relative_to(root)): sha256_file(f) for f in neutral_files.values()}
         texts = {}
         for e, files in found.items():

@@ -1,9 +1,9 @@
 """Steering: add ``alpha · σ_ℓ · d_ℓ`` to the residual stream at a probe's chosen layers while the model generates.
 
 ``d_ℓ`` is a unit vector of the pair at layer ``ℓ`` and ``σ_ℓ`` the spread (standard deviation) of the pair's
-training texts' projections on it, so that ``alpha`` is in natural units: ``alpha = 1`` moves a state by one
-typical spread of the training texts along the vector. Positive ``alpha`` moves toward the left side (sad for
-``sad_vs_happy``).
+training texts' projections on it, so that ``alpha`` is in natural units: ``alpha = 1`` adds one typical spread of
+the training texts at each steered layer (the pushes of a band's layers add up downstream, since neighbouring
+layers' vectors point much the same way). Positive ``alpha`` moves toward the left side (sad for ``sad_vs_happy``).
 
 Which vector (``kind``): ``"mean-diff"`` (default), ``normalize(mean(left) - mean(right))`` of the pair's training
 texts at that layer, the usual steering vector; or ``"probe"``, the probe's own direction. They differ for the
@@ -18,6 +18,8 @@ produced under steering, and the prompt's own states are untouched); ``"all"`` s
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import torch
@@ -79,8 +81,19 @@ def steering_vectors(model, tok, probe, data=None, pairs=None, *, kind: str = "m
                 d = probe.directions[p, probe.layers.index(layer)].double()
             else:
                 d = x[is_left, i].mean(0) - x[~is_left, i].mean(0)
-            d = d / d.norm().clamp(min=1e-12)
-            out[name][int(layer)] = (d.float(), float((x[:, i] @ d).std()))
+            sigma = float((x[:, i] @ d).std() / d.norm().clamp(min=1e-300))
+            scale = float(x[:, i].norm(dim=-1).mean())
+            if not d.norm() > 0 or not sigma > 1e-6 * scale:
+                # e.g. layer 0 at a chat template's last token: the same token, the same state, for every text
+                warnings.warn(
+                    f"{name}: layer {layer} does not vary across the training texts; not steered there",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                continue
+            out[name][int(layer)] = ((d / d.norm()).float(), sigma)
+        if not out[name]:
+            raise ValueError(f"{name}: none of its chosen layers {layers} varies across its training texts")
     return out
 
 
@@ -103,6 +116,8 @@ class Steering:
     def __init__(self, model, probe, alphas: dict, *, vectors=None, where="generated", kind="mean-diff", tok=None):
         if where not in WHERE:
             raise ValueError(f"where={where!r}: expected one of {', '.join(WHERE)}")
+        if not hasattr(probe, "pairs"):
+            raise ValueError("steering needs a pair probe (an emotion space has no pair directions to push along)")
         unknown = sorted(set(alphas) - set(probe.names))
         if unknown:
             raise ValueError(f"unknown pair(s) {unknown}; this probe has {probe.names}")
@@ -206,7 +221,7 @@ def steer(
     vectors=None,
     kind="mean-diff",
     trace=False,
-    chat_template=True,
+    chat_template=None,
     batch_size=None,
     temperature=None,
     top_p=None,
@@ -248,7 +263,9 @@ def steer(
                 ids=None,
             )
             return texts, pa.table(cols, metadata={"generated_texts": json.dumps(texts)})
-        system_prompt = probe.extraction().get("system_prompt")
+        ex = probe.extraction()
+        chat_template = ex.get("chat_template", True) if chat_template is None else chat_template
+        system_prompt = ex.get("system_prompt") if chat_template else None
         return generate_texts(
             model,
             tok,
@@ -265,13 +282,21 @@ def steer(
 
 
 def random_vectors(vectors: dict, seed: int = 0) -> dict:
-    """The directions control: for every pair and layer of ``vectors``, a random unit vector (Gaussian, normalised)
-    with the same ``sigma``, so that the same alphas move the residual stream by the same amount."""
+    """The directions control: for every pair, random unit vectors at the same layers with the same ``sigma`` and
+    the same cosines between layers as the real ones (``R = Q Lᵀ``, ``Q`` random orthonormal, ``L`` the Cholesky
+    factor of the real vectors' Gram matrix), so that the same alphas push the residual stream by the same amount,
+    also summed over a band whose layers point the same way."""
     g = np.random.default_rng(seed)
     out = {}
     for name, per_layer in vectors.items():
+        layers = list(per_layer)
+        real = np.stack([np.asarray(per_layer[k][0], dtype=np.float64) for k in layers])  # [nL, D]
+        gram = real @ real.T
+        chol = np.linalg.cholesky(gram + 1e-9 * np.eye(len(layers)))
+        q, _ = np.linalg.qr(g.standard_normal((real.shape[1], len(layers))))  # [D, nL] orthonormal columns
+        rand = (q @ chol.T).T  # [nL, D]: rand @ rand.T == gram
         out[name] = {}
-        for layer, (d, sigma) in per_layer.items():
-            r = g.standard_normal(d.shape[-1])
-            out[name][layer] = (torch.as_tensor(r / np.linalg.norm(r), dtype=torch.float32), sigma)
+        for i, layer in enumerate(layers):
+            r = rand[i] / np.linalg.norm(rand[i])
+            out[name][layer] = (torch.as_tensor(r, dtype=torch.float32), per_layer[layer][1])
     return out

@@ -73,8 +73,8 @@ class Recorder:
 def encode_prompts(tok, prompts, *, chat_template: bool, system_prompt: str | None, device):
     """Render (chat template) and tokenize with left padding: ``(input_ids [B, P], attention_mask [B, P])``."""
     texts = render_prompts(tok, prompts, chat_template, system_prompt if chat_template else None)
-    add_special = not chat_template  # a rendered template already holds its special tokens
-    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=add_special)
+    # the tokenizer's own special tokens, exactly as the capture engine (and so the probe's fit) tokenizes
+    enc = tok(texts, return_tensors="pt", padding=True)
     if tok.padding_side != "left":
         raise ValueError("the tokenizer must pad on the left for batched generation (emofast.load_model sets it)")
     return enc["input_ids"].to(device), enc["attention_mask"].to(device)
@@ -115,7 +115,7 @@ def trace(
     max_new_tokens: int = 64,
     do_sample: bool = False,
     seed: int = 0,
-    chat_template: bool = True,
+    chat_template: bool | None = None,
     include_prompt: bool = True,
     batch_size: int | None = None,
     temperature: float | None = None,
@@ -127,7 +127,8 @@ def trace(
     Args:
         model, tok: a Hugging Face causal LM and its tokenizer (:func:`emofast.load_model`).
         prompts: the user turns (rendered with the chat template and the probe's system prompt when
-            ``chat_template`` and the tokenizer has a template; fed as they are otherwise).
+            ``chat_template`` and the tokenizer has a template; fed as they are otherwise). ``chat_template=None``
+            (default) does what the probe was fitted with.
         probe: a fitted :class:`~emofast.PairedProbe` (or any probe with ``scoring_layers``, ``directions_for``,
             ``extraction``, ``columns`` and ``column_names``, such as an emotion space).
         max_new_tokens, do_sample, seed, temperature, top_p: generation settings (greedy by default;
@@ -191,8 +192,18 @@ def trace_rows(
     ids = [str(i) for i in range(len(prompts))] if ids is None else [str(i) for i in ids]
     if len(ids) != len(prompts):
         raise ValueError(f"{len(ids)} ids for {len(prompts)} prompts")
+    ex = probe.extraction()
+    if chat_template is None:
+        chat_template = ex.get("chat_template", True)
     chat_template = bool(chat_template and getattr(tok, "chat_template", None) is not None)
-    system_prompt = probe.extraction().get("system_prompt") if chat_template else None
+    system_prompt = ex.get("system_prompt") if chat_template else None
+    if ex.get("position", "last") != "last":
+        warnings.warn(
+            f"this probe was fitted at position={ex.get('position')!r}; per-token readings apply its directions and "
+            "calibration to single tokens' states, which it was not calibrated on",
+            UserWarning,
+            stacklevel=3,
+        )
     bs = batch_size or min(32, max(1, len(prompts)))
     kw = generation_kwargs(
         tok, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p

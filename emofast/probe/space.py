@@ -52,10 +52,12 @@ def neutral_components(rows: torch.Tensor, share: float = VARIANCE_EXPLAINED) ->
     return vh[:k], k
 
 
-def space_directions(means: torch.Tensor, neutral: torch.Tensor, share: float = VARIANCE_EXPLAINED):
+def space_directions(means: torch.Tensor, neutral: torch.Tensor, share: float = VARIANCE_EXPLAINED, counts=None):
     """Unit directions ``[E, D]`` of one layer from emotion means ``[E, D]`` and neutral rows ``[Nn, D]``, with the
-    neutral principal components projected out; also the number of components."""
-    v = means.double() - means.double().mean(0)
+    neutral principal components projected out; also the number of components. ``counts`` ``[E]`` weight the
+    means into the mean of all emotion texts (equal weights by default)."""
+    w = torch.ones(means.shape[0], dtype=torch.float64) if counts is None else torch.as_tensor(counts).double()
+    v = means.double() - (w[:, None] * means.double()).sum(0) / w.sum()
     pcs, k = neutral_components(neutral, share)
     v = v - (v @ pcs.T) @ pcs
     return v / v.norm(dim=-1, keepdim=True).clamp(min=1e-12), k
@@ -219,7 +221,8 @@ class EmotionSpace:
         for _ in range(shuffled):
             sets.append([data.emotions[k] for k in rng.permutation(y)])
         accs = accumulate_sets(model, tokenizer, train_texts, sets, label_names=list(data.emotions), **kw)
-        neutral_texts = [t for s in data.neutral for _, t in data.neutral[s]]
+        # the reference is fitted on the neutral train texts; val and test (when given) are held out, in that order
+        neutral_texts = [t for s in ("train", "val", "test") for _, t in data.neutral.get(s, [])]
         n_fit = len(data.neutral["train"])
         rows = extract(model, tokenizer, neutral_texts, **kw)  # [Nn, nL, D]
         fit_rows = rows[:n_fit]
@@ -229,7 +232,7 @@ class EmotionSpace:
             means = acc.means()  # [E, nL, D]
             dirs, sig, ks = [], [], []
             for li in range(len(layers)):
-                d, k = space_directions(means[:, li], fit_rows[:, li], share)
+                d, k = space_directions(means[:, li], fit_rows[:, li], share, counts=acc.counts)
                 centred = fit_rows[:, li].double() - mu_n[li]
                 sd = (centred @ d.T).std(dim=0)
                 # a layer where neutral texts do not vary (e.g. layer 0 at the template's last token, the same

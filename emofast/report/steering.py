@@ -44,12 +44,14 @@ def _reading_columns(rows: list[dict]) -> list[str]:
     """The raw-score columns of a trace (a pair's name, or an emotion's ``z_`` column)."""
     if not rows:
         return []
-    return [k for k in rows[0] if "_vs_" in k or k.startswith("z_")]
+    return [k for k in rows[0] if ("_vs_" in k and ":" not in k and not k.startswith("p_")) or k.startswith("z_")]
 
 
 def fig_trace(rows: list[dict], prompt_id: str) -> bytes:
     """Readings over the tokens of one prompt (one line per pair or emotion), token strings along the axis."""
     mine = [r for r in rows if r["prompt_id"] == prompt_id]
+    if not mine:
+        raise ValueError(f"the trace has no tokens for prompt {prompt_id!r} (nothing generated and no prompt rows)")
     cols = _reading_columns(mine)
     with plotting():
         fig = new_figure(max(6.0, 0.12 * len(mine)), 3.6)
