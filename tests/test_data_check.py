@@ -109,3 +109,17 @@ def test_the_bundled_data_passes_its_own_check():
         and n["rates"]["exclaim"] > 0
         and n["rates"]["question"] > 0.05
     )
+
+
+def test_the_bundled_emotions_pass_their_check(capsys):
+    from emofast.data.check import check_emotions
+    from emofast.data.cues import STYLE_CUES
+
+    r = check_emotions()
+    assert len(r["emotions"]) >= 16 and r["warnings"] == [] and r["near_duplicates"] == []
+    for e, splits in r["emotions"].items():
+        assert splits["train"]["texts"] >= 96 and splits["val"]["texts"] >= 32 and splits["test"]["texts"] >= 48, e
+        for s in splits.values():
+            assert max(s["auroc"][c] for c in STYLE_CUES) <= 0.60, e
+    assert main(["data", "check", "--space", "--strict"]) == 0
+    assert "no warnings" in capsys.readouterr().out

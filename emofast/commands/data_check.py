@@ -19,12 +19,15 @@ def add_parsers(sub) -> None:
     c.add_argument("--pair", action="append", default=None, help="only these pairs (repeatable)")
     c.add_argument("--out", default=None, help="folder for check.json and check.md (default: print only)")
     c.add_argument("--strict", action="store_true", help="exit 1 on any warning")
+    c.add_argument("--space", action="store_true", help="an emotion folder (each emotion against the others)")
 
 
 def cmd_data(args) -> int:
     from ..data.check import check_dataset, markdown
     from ..data.cues import STYLE_CUES
 
+    if args.space:
+        return _space(args)
     report = check_dataset(args.root, args.pair)
     cues = [*STYLE_CUES, "first_person", "label_words", "length"]
     print(f"{'pair':24s} {'split':6s} " + " ".join(f"{c[:10]:>10s}" for c in cues) + "   lexical BA")
@@ -43,4 +46,26 @@ def cmd_data(args) -> int:
         (out / "check.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
         (out / "check.md").write_text(markdown(report), encoding="utf-8")
         print(f"wrote {out / 'check.json'} and {out / 'check.md'}")
+    return 1 if (args.strict and report["warnings"]) else 0
+
+
+def _space(args) -> int:
+    from ..data.check import check_emotions
+    from ..data.cues import STYLE_CUES
+
+    report = check_emotions(args.root)
+    cues = [*STYLE_CUES, "first_person", "label_words"]
+    print(f"{'emotion vs rest':16s} {'split':6s} " + " ".join(f"{c[:10]:>10s}" for c in cues))
+    for e, splits in report["emotions"].items():
+        for split, s in splits.items():
+            print(f"{e:16s} {split:6s} " + " ".join(f"{s['auroc'][c]:10.2f}" for c in cues))
+    for w in report["warnings"]:
+        print(f"warning: {w}")
+    if not report["warnings"]:
+        print("no warnings")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "check.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        print(f"wrote {out / 'check.json'}")
     return 1 if (args.strict and report["warnings"]) else 0

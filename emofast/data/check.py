@@ -20,7 +20,7 @@ from .cues import CUES, STYLE_CUES, cue_auroc, cue_counts, label_word_counts
 from .lexical import LexicalBaseline
 from .pairs import load_pairs
 
-__all__ = ["check_dataset", "markdown", "WARN_AUROC", "DUP_COSINE"]
+__all__ = ["check_dataset", "check_emotions", "markdown", "WARN_AUROC", "DUP_COSINE"]
 
 WARN_AUROC = 0.65
 DUP_COSINE = 0.5
@@ -180,3 +180,41 @@ def markdown(report: dict) -> str:
         ]
     out += ["## Warnings", ""] + ([f"- {w}" for w in report["warnings"]] or ["None."]) + [""]
     return "\n".join(out)
+
+
+def check_emotions(root=None, *, seed: int = 0) -> dict:
+    """The check of an emotion dataset (:func:`emofast.data.emotions.load_emotions`): per split, each emotion
+    against all the others, every cue's AUROC and the label words'; cross-split near-duplicates; the neutral set's
+    cue rates. Warns like :func:`check_dataset`."""
+    from .emotions import load_emotions
+
+    data = load_emotions(root)
+    report = {"root": data.source, "kind": "space", "emotions": {}, "near_duplicates": [], "warnings": []}
+    items = []
+    for split in ("train", "val", "test"):
+        texts = {e: [t for _, t in data.texts[e][split]] for e in data.emotions}
+        counts = {e: cue_counts(ts) for e, ts in texts.items()}
+        for e in data.emotions:
+            rest = [x for o in data.emotions if o != e for x in texts[o]]
+            rc = cue_counts(rest)
+            entry = report["emotions"].setdefault(e, {})
+            au = {c: cue_auroc(counts[e][c], rc[c]) for c in CUES}
+            au["label_words"] = cue_auroc(label_word_counts(texts[e], e), label_word_counts(rest, e))
+            entry[split] = {"texts": len(texts[e]), "auroc": au}
+            for cue, v in au.items():
+                if v >= WARN_AUROC:
+                    report["warnings"].append(
+                        f"{e} {split}: the cue '{cue}' alone separates it from the other "
+                        f"emotions (AUROC {v:.2f} >= {WARN_AUROC})"
+                    )
+            items += [(split, f"{e}/{i}", t) for i, t in data.texts[e][split]]
+    dups = _near_duplicates(items)
+    report["near_duplicates"] = dups
+    report["warnings"] += [
+        f"near-duplicate across splits (cosine {d['cosine']:.2f}): {d['split_a']} {d['id_a']} ~ "
+        f"{d['split_b']} {d['id_b']}"
+        for d in dups
+    ]
+    nt = [t for rows in data.neutral.values() for _, t in rows]
+    report["neutral"] = {"texts": len(nt), "rates": {k: float(np.mean(v > 0)) for k, v in cue_counts(nt).items()}}
+    return report
