@@ -411,3 +411,41 @@ def test_every_kernel_gives_the_same_numbers_end_to_end(tok, monkeypatch, kernel
     acc = emofast.accumulate(model, tok, TEXTS, labels, chat_template=True, system_prompt=SYSTEM)
     assert (rows - ref_rows).abs().max() <= 1e-5
     assert torch.allclose(acc.sums, ref_acc.sums, atol=1e-5) and torch.equal(acc.counts, ref_acc.counts)
+
+
+def test_reducers_survive_pickling_mid_pass():
+    """The vLLM backend pickles a started reducer to its workers and back: per-batch buffers are rebuilt."""
+    import pickle
+
+    import numpy as np
+
+    from emofast.capture.plan import Batch, row_plan
+    from emofast.capture.reducers import ClassSumReducer, ProjectionReducer, RowsReducer
+
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 5, 8)
+    lengths, pad = np.array([5, 3, 4]), np.array([0, 2, 1])
+    dirs = torch.randn(2, 4, 8)
+    for position in ("last", "mean"):
+        batch = Batch(
+            index=np.array([2, 0, 1]), lengths=lengths, rows=row_plan([2, 0, 1], lengths, pad, 0, position, "cpu")
+        )
+        want = torch.stack([hidden[i, pad[i] :].mean(0) if position == "mean" else hidden[i, -1] for i in range(3)])
+        reducers = [RowsReducer(), ProjectionReducer(dirs), ClassSumReducer(np.array([0, 1, 1]), 2)]
+        for r in reducers:
+            r.start(3, [1, 4])
+            r = pickle.loads(pickle.dumps(r))  # to the worker
+            r.begin(batch)
+            r.layer(0, batch, {"live": hidden})
+            r.layer(1, batch, {"live": 2 * hidden})
+            assert r.end(batch) == []
+            r = pickle.loads(pickle.dumps(r))  # and back
+            if isinstance(r, RowsReducer):
+                assert torch.allclose(r.out[[2, 0, 1], 0], want, atol=1e-6)
+                assert torch.allclose(r.out[[2, 0, 1], 1], 2 * want, atol=1e-6)
+            elif isinstance(r, ProjectionReducer):
+                assert torch.allclose(r.proj[[2, 0, 1], 0], want @ dirs[0].T, atol=1e-5)
+                assert torch.allclose(r.norms[[2, 0, 1], 1], (2 * want).norm(dim=1), atol=1e-5)
+            else:  # texts 2, 0, 1 carry labels 1, 0, 1
+                assert torch.allclose(r.sums[0, 0].float(), want[1], atol=1e-6)
+                assert torch.allclose(r.sums[1, 1].float(), 2 * (want[0] + want[2]), atol=1e-5)

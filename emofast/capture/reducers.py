@@ -151,7 +151,7 @@ def _raise_non_finite(vectors: torch.Tensor, layers, dtype) -> None:
 
 
 class _Reducer:
-    """Pickles (e.g. back from a vLLM worker process) without its per-batch device buffers."""
+    """Pickles (to and from vLLM worker processes) without its per-batch buffers, which unpickling rebuilds."""
 
     _TRANSIENT = ("_vec", "_copy", "_on", "_out", "_proj", "_norms", "_res")
 
@@ -160,6 +160,16 @@ class _Reducer:
         if state.get("_acc") is not None:
             state["_acc"] = state["_acc"].cpu()
         return state
+
+    def __setstate__(self, state):
+        vars(self).update(state)
+        if "layers" in state:  # started: the pass may go on in this process
+            self._vec = TextVectors(len(self.layers), self.deterministic)
+            self._copy = _HostCopy()
+        self._on, self._res = {}, None
+        for src, dst in (("out", "_out"), ("proj", "_proj"), ("norms", "_norms")):
+            if getattr(self, src, None) is not None:
+                setattr(self, dst, getattr(self, src).numpy())
 
 
 class RowsReducer(_Reducer):
