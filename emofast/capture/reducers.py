@@ -133,8 +133,9 @@ class _HostCopy:
             pin = flat.device.type == "cuda"
             self.host = torch.empty(flat.numel(), dtype=flat.dtype, pin_memory=pin)
         host = self.host[: flat.numel()]
-        host.copy_(flat, non_blocking=True)
-        if flat.device.type == "cuda":
+        cuda = flat.device.type == "cuda"
+        host.copy_(flat, non_blocking=cuda)  # elsewhere (mps...) a blocking copy
+        if cuda:
             torch.cuda.current_stream(flat.device).synchronize()
         return host
 
