@@ -33,7 +33,7 @@ from .controls import pairs_columns, resolve_controls, run_controls
 from .onepass import extract_rows, extraction_of, plan_passes, project_rows, remove_spill
 from .run_stats import difference_columns, evaluate_run
 
-__all__ = ["run", "RunResult", "default_run_dir"]
+__all__ = ["round_floats", "run", "RunResult", "default_run_dir"]
 
 
 @dataclass
@@ -50,14 +50,14 @@ def default_run_dir(model_name: str) -> Path:
     return Path("runs") / model_name.rstrip("/").replace("/", "__")
 
 
-def _round(obj, nd: int = 6):
+def round_floats(obj, nd: int = 6):
     """Round floats for stable, readable JSON (the same inputs give byte-identical metrics)."""
     if isinstance(obj, float):
         return round(obj, nd)
     if isinstance(obj, dict):
-        return {k: _round(v, nd) for k, v in obj.items()}
+        return {k: round_floats(v, nd) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_round(v, nd) for v in obj]
+        return [round_floats(v, nd) for v in obj]
     if isinstance(obj, np.floating):
         return round(float(obj), nd)
     if isinstance(obj, np.integer):
@@ -287,16 +287,16 @@ def run(
     probe.meta["model_load"] = name
     probe.save(out)
     metrics = {"model": probe.meta["model"], "probe": probe._spec(), **metrics}
-    metrics = _round(metrics)
+    metrics = round_floats(metrics)
     write_json(out / "metrics.json", metrics)
     profile = profile_rows(metrics)
-    _write_csv(out / "profile.csv", _round(profile, 2))
+    _write_csv(out / "profile.csv", round_floats(profile, 2))
     _write_csv(out / "pairs.csv", _pairs_rows(probe, metrics))
     (out / "summary.md").write_text(summary_markdown(probe, metrics, profile), encoding="utf-8")
     timing["total_s"] = time.perf_counter() - t0
     timing["texts"] = len(texts)
     timing["ranks"] = runner.world_size
-    write_json(out / "timing.json", _round(timing, 2))
+    write_json(out / "timing.json", round_floats(timing, 2))
     if report:
         from ..report import write_run_report
 

@@ -17,6 +17,7 @@ from ..fileio import write_json
 from ..probe.space import EmotionSpace
 from ..probe.space_eval import evaluate_space, geometry, neutral_reference, recovered_pairs, topk_accuracy
 from ..probe.stats import bootstrap_ci
+from .run import round_floats
 
 __all__ = ["run_space", "default_space_dir"]
 
@@ -181,14 +182,14 @@ def run_space(
     space.meta["circumplex"] = {e: list(v) for e, v in data.circumplex.items()}
     space.save(out)
     metrics["probe"] = space.spec()
-    write_json(out / "metrics.json", _round(metrics))
+    write_json(out / "metrics.json", round_floats(metrics))
     _write_tables(out, space, metrics, data)
     (out / "summary.md").write_text(summary_markdown(metrics), encoding="utf-8")
     timing["total_s"] = time.perf_counter() - t0
     timing["texts_through_model"] = sum(len(data.split(s)[1]) for s in ("train", "val", "test")) + sum(
         len(v) for v in data.neutral.values()
     )
-    write_json(out / "timing.json", _round(timing, 2))
+    write_json(out / "timing.json", round_floats(timing, 2))
     if report:
         from ..report import write_run_report
 
@@ -201,20 +202,6 @@ def default_pair_run(name: str) -> Path:
     from .run import default_run_dir
 
     return default_run_dir(name)
-
-
-def _round(obj, nd=6):
-    if isinstance(obj, float):
-        return round(obj, nd)
-    if isinstance(obj, dict):
-        return {k: _round(v, nd) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_round(v, nd) for v in obj]
-    if isinstance(obj, np.floating):
-        return round(float(obj), nd)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 def _write_tables(out: Path, space, metrics, data) -> None:
