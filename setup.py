@@ -64,6 +64,7 @@ setup(
         "emofast.data",
         "emofast.commands",
         "emofast.report",
+        "emofast.generation",
         "emofast.data.datasets",
         # the data folders are plain directories; listing them keeps setuptools from warning about them
         *find_namespace_packages(include=["emofast.data.datasets.*"]),

@@ -126,3 +126,13 @@ def test_every_public_module_declares_all():
         and not m.endswith(("cli", "__main__"))
     ]
     assert not missing, missing
+
+
+def test_setup_lists_every_subpackage():
+    """A non-editable install ships only the packages setup.py lists: a new stage folder must be added there."""
+    setup_py = (ROOT.parent / "setup.py").read_text()
+    for init in ROOT.rglob("__init__.py"):
+        pkg = ".".join(init.parent.relative_to(ROOT.parent).parts)
+        if ".data.datasets." in pkg + ".":
+            continue  # found by find_namespace_packages
+        assert f'"{pkg}"' in setup_py, f"{pkg} is missing from setup.py's packages"
