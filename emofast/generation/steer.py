@@ -27,7 +27,8 @@ import torch
 from ..capture.models import resolve_layout
 from ..capture.prompts import check_texts
 from .hooks import input_device, is_prompt_step, residual_hook
-from .trace import encode_prompts, generation_kwargs, trace_rows
+from .trace import encode_prompts, generation_kwargs
+from .trace import trace as trace_fn
 
 __all__ = ["Steering", "steer", "steering_vectors", "generate_texts", "dataset_of", "random_vectors", "KINDS"]
 
@@ -245,9 +246,7 @@ def steer(
         if trace:
             import json
 
-            import pyarrow as pa
-
-            cols, texts = trace_rows(
+            table = trace_fn(
                 model,
                 tok,
                 prompts,
@@ -256,13 +255,11 @@ def steer(
                 do_sample=do_sample,
                 seed=seed,
                 chat_template=chat_template,
-                include_prompt=True,
                 batch_size=batch_size,
                 temperature=temperature,
                 top_p=top_p,
-                ids=None,
             )
-            return texts, pa.table(cols, metadata={"generated_texts": json.dumps(texts)})
+            return json.loads(table.schema.metadata[b"generated_texts"]), table
         ex = probe.extraction()
         chat_template = ex.get("chat_template", True) if chat_template is None else chat_template
         system_prompt = ex.get("system_prompt") if chat_template else None
