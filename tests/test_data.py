@@ -143,3 +143,85 @@ def test_other_errors(tmp_path):
     bad.write_text('{"pairz": ["a_vs_b"]}')
     with pytest.raises(DataError, match="unknown field"):
         load_pairs(config=bad)
+
+
+def _side_rows(side, split, n):
+    return [{"id": f"{side}-{split}-{i}", "text": f"{side} {split} text {i}"} for i in range(n)]
+
+
+def test_contrast_splits_load_where_present_in_both_layouts(tmp_path):
+    # nested: contrast and contrast_train beside the required splits, sides of different sizes (written apart)
+    _nested(tmp_path / "n", "a_vs_b")
+    for split, n in (("contrast", 4), ("contrast_train", 2)):
+        for side in ("a", "b"):
+            _write(tmp_path / "n" / "a_vs_b" / split / f"{side}.jsonl", _side_rows(side, split, n))
+    _nested(tmp_path / "n", "c_vs_d")  # a pair without contrast texts
+    ds = load_pairs(tmp_path / "n")
+    ab, cd = ds.pair("a_vs_b"), ds.pair("c_vs_d")
+    assert ab.has("contrast") and ab.has("contrast_train") and not cd.has("contrast")
+    assert ab.split("contrast")[1][3] == "b contrast text 3" and len(ab.split("contrast_train")[0]) == 2
+    assert ab.ids("contrast_train", "b") == ["b-contrast_train-0", "b-contrast_train-1"]
+    assert ds.counts()["a_vs_b"]["contrast"] == {"a": 4, "b": 4} and "contrast" not in ds.counts()["c_vs_d"]
+    assert ab.swapped().split("contrast")[0][0] == "b contrast text 0"
+    assert "a_vs_b/contrast/a.jsonl" in ds.hashes
+    # flat: contrast only (a user's folder may have the evaluation part alone)
+    flat = tmp_path / "f"
+    for split in ("train", "val", "test", "contrast"):
+        for side in ("x", "y"):
+            _write(flat / f"x_vs_y__{split}__{side}.jsonl", _side_rows(side, split, 3))
+    p = load_pairs(flat).pairs[0]
+    assert p.has("contrast") and not p.has("contrast_train") and p.split("contrast")[0][2] == "x contrast text 2"
+
+
+def test_contrast_train_without_contrast_and_one_sided_contrast_are_errors(tmp_path):
+    _nested(tmp_path, "a_vs_b")
+    for side in ("a", "b"):
+        _write(tmp_path / "a_vs_b" / "contrast_train" / f"{side}.jsonl", _side_rows(side, "contrast_train", 2))
+    with pytest.raises(DataError, match=r"pair a_vs_b has a contrast_train split but no contrast split \(expected"):
+        load_pairs(tmp_path)
+    _write(tmp_path / "a_vs_b" / "contrast" / "a.jsonl", _side_rows("a", "contrast", 2))
+    with pytest.raises(DataError, match=r"side 'a' has a file but side 'b' of pair a_vs_b has none for split contrast"):
+        load_pairs(tmp_path)
+    _write(tmp_path / "a_vs_b" / "contrast" / "b.jsonl", [{"id": "a-contrast-0", "text": "reused id"}])
+    with pytest.raises(DataError, match=r"contrast/b\.jsonl:1: duplicate id 'a-contrast-0'"):
+        load_pairs(tmp_path)
+    _write(tmp_path / "a_vs_b" / "contrast" / "b.jsonl", [])
+    with pytest.raises(DataError, match=r"contrast/b\.jsonl: no texts"):
+        load_pairs(tmp_path)
+
+
+def test_second_neutral_set(tmp_path):
+    _nested(tmp_path, "a_vs_b")
+    assert load_pairs(tmp_path).neutral_ood == []  # absent: empty, no error
+    _write(tmp_path / "neutral_ood.jsonl", [{"id": "o1", "text": "the printer is on the second floor"}])
+    ds = load_pairs(tmp_path)
+    assert ds.neutral == [] and ds.neutral_ood == [("o1", "the printer is on the second floor")]
+    assert "neutral_ood.jsonl" in ds.hashes and ds.swapped().neutral_ood == ds.neutral_ood
+    assert load_pairs(tmp_path, neutral_ood=None).neutral_ood == []
+    _write(tmp_path / "other.jsonl", [{"id": "p1", "text": "the shop opens at ten"}, {"id": "p2", "text": "ok then"}])
+    (tmp_path / "pairs.json").write_text(json.dumps({"pairs": ["a_vs_b"], "neutral_ood": "other.jsonl"}))
+    assert [i for i, _ in load_pairs(tmp_path).neutral_ood] == ["p1", "p2"]
+    (tmp_path / "pairs.json").write_text(json.dumps({"neutral_ood": "missing.jsonl"}))
+    with pytest.raises(DataError, match=r"missing\.jsonl: neutral file not found"):
+        load_pairs(tmp_path)
+    (tmp_path / "pairs.json").write_text(json.dumps({"neutral_ood": None}))
+    assert load_pairs(tmp_path).neutral_ood == []
+    _write(tmp_path / "neutral_ood.jsonl", ['{"id": "o1"}'])
+    (tmp_path / "pairs.json").unlink()
+    with pytest.raises(DataError, match=r"neutral_ood\.jsonl:1: missing field 'text'"):
+        load_pairs(tmp_path)
+
+
+def test_bundled_optional_splits_and_second_neutral_set():
+    """Whatever of the contrast parts and the second neutral set has landed in the bundled data loads, and each
+    contrast part that is there has both sides, ids of the form ``{side}-{split}-NNN``."""
+    ds = load_pairs()
+    for p in ds.pairs:
+        assert p.has("ood")
+        if p.has("contrast_train"):
+            assert p.has("contrast"), p.name
+        for split in ("contrast", "contrast_train"):
+            if p.has(split):
+                for side in (p.left, p.right):
+                    assert all(i.startswith(f"{side}-{split}-") for i in p.ids(split, side)), (p.name, split, side)
+    assert isinstance(ds.neutral_ood, list)

@@ -9,6 +9,28 @@ Example:
     ['sad_vs_happy', 'angry_vs_calm']
 """
 
-from .pairs import SPLITS, DataError, Pair, PairedDataset, bundled_path, load_jsonl, load_pairs, parse_pair
+from .pairs import (
+    OPTIONAL_SPLITS,
+    SPLITS,
+    UNMATCHED_SPLITS,
+    DataError,
+    Pair,
+    PairedDataset,
+    bundled_path,
+    load_jsonl,
+    load_pairs,
+    parse_pair,
+)
 
-__all__ = ["DataError", "Pair", "PairedDataset", "load_pairs", "load_jsonl", "bundled_path", "parse_pair", "SPLITS"]
+__all__ = [
+    "DataError",
+    "Pair",
+    "PairedDataset",
+    "load_pairs",
+    "load_jsonl",
+    "bundled_path",
+    "parse_pair",
+    "SPLITS",
+    "OPTIONAL_SPLITS",
+    "UNMATCHED_SPLITS",
+]

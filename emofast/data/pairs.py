@@ -5,8 +5,12 @@ A dataset folder holds one JSONL file per pair, split and side, in either layout
 * nested: ``ROOT/{left}_vs_{right}/{split}/{side}.jsonl``
 * flat: ``ROOT/{left}_vs_{right}__{split}__{side}.jsonl``
 
-Each line is ``{"id": ..., "text": ...}``. An optional ``ROOT/neutral.jsonl`` holds emotionally neutral texts
-for controls, and an optional ``ROOT/pairs.json`` (a config, see :func:`load_pairs`) fixes the pairs and their
+Each line is ``{"id": ..., "text": ...}``. Every pair needs ``train``, ``val`` and ``test``; the optional splits
+(:data:`OPTIONAL_SPLITS`) are loaded where a pair has them: ``ood`` (out-of-domain test texts), ``contrast``
+(texts whose words point to the other side while the meaning does not; evaluation only) and ``contrast_train``
+(more such texts, added to train on request; it needs ``contrast``). An optional ``ROOT/neutral.jsonl`` holds
+emotionally neutral texts for controls, an optional ``ROOT/neutral_ood.jsonl`` a second, independently written
+neutral set, and an optional ``ROOT/pairs.json`` (a config, see :func:`load_pairs`) fixes the pairs and their
 order. Errors name the file, the line and the problem; unbalanced sides give a warning with the counts.
 """
 
@@ -31,11 +35,17 @@ __all__ = [
     "parse_pair",
     "SPLITS",
     "OPTIONAL_SPLITS",
+    "UNMATCHED_SPLITS",
 ]
 
 SPLITS = ("train", "val", "test")
-#: Splits loaded when a pair has them: ``ood``, an out-of-domain test split in other registers than the rest.
-OPTIONAL_SPLITS = ("ood",)
+#: Splits loaded when a pair has them: ``ood``, an out-of-domain test split in other registers than the rest;
+#: ``contrast``, texts full of the other side's words whose meaning is unambiguous (evaluation only); and
+#: ``contrast_train``, more such texts that ``--augment contrast`` adds to train (only together with ``contrast``).
+OPTIONAL_SPLITS = ("ood", "contrast", "contrast_train")
+#: Optional splits whose two sides are written apart (line ``k`` of one side does not pair with line ``k`` of the
+#: other); the other splits are line-matched.
+UNMATCHED_SPLITS = ("contrast", "contrast_train")
 _PAIR_RE = re.compile(r"^(?P<left>[A-Za-z0-9][\w\-]*?)_vs_(?P<right>[A-Za-z0-9][\w\-]*)$")
 _FLAT_RE = re.compile(r"^(?P<pair>.+_vs_.+?)__(?P<split>[^_]+)__(?P<side>.+)\.jsonl$")
 
@@ -64,6 +74,10 @@ class Pair:
     def ids(self, split: str, side: str) -> list[str]:
         return [i for i, _ in self.texts[split][side]]
 
+    def has(self, split: str) -> bool:
+        """Whether the pair has ``split`` (the optional ones, such as ``"contrast"``, may be absent)."""
+        return split in self.texts
+
     def swapped(self) -> Pair:
         """The same texts with left and right exchanged."""
         return Pair(self.right, self.left, self.texts, self.files)
@@ -71,12 +85,17 @@ class Pair:
 
 @dataclass
 class PairedDataset:
-    """Pairs (in a fixed order) plus an optional neutral set, and the SHA-256 of every file read."""
+    """Pairs (in a fixed order), an optional neutral set, and the SHA-256 of every file read.
+
+    ``neutral`` and ``neutral_ood`` are lists of ``(id, text)``; ``neutral_ood`` is a second neutral set written
+    apart from the first (other topics and registers), empty when the dataset has none.
+    """
 
     pairs: list[Pair]
     neutral: list[tuple[str, str]]
     root: str
     hashes: dict
+    neutral_ood: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def source(self) -> str:
@@ -90,7 +109,7 @@ class PairedDataset:
         raise KeyError(f"no pair {name!r}; have {[p.name for p in self.pairs]}")
 
     def swapped(self) -> PairedDataset:
-        return PairedDataset([p.swapped() for p in self.pairs], self.neutral, self.root, self.hashes)
+        return PairedDataset([p.swapped() for p in self.pairs], self.neutral, self.root, self.hashes, self.neutral_ood)
 
     def counts(self) -> dict:
         return {
@@ -181,6 +200,7 @@ def load_pairs(
     *,
     splits=SPLITS,
     neutral="auto",
+    neutral_ood="auto",
     config=None,
 ) -> PairedDataset:
     """Load a paired dataset.
@@ -189,11 +209,15 @@ def load_pairs(
         root: the folder (default: the bundled emotion data).
         pairs: which pairs, in order, as ``"left_vs_right"`` / ``"left:right"`` strings or ``(left, right)``
             tuples (default: every pair found, sorted by name).
-        splits: the splits every pair must have; an ``ood`` split (out-of-domain test texts) is loaded too
-            where a pair has one.
+        splits: the splits every pair must have; the optional splits (``ood``, ``contrast``, ``contrast_train``)
+            are loaded too where a pair has them. ``contrast_train`` without ``contrast`` is an error (its fits
+            are reported on ``contrast``).
         neutral: path of a neutral JSONL, None for none, ``"auto"`` for ``ROOT/neutral.jsonl`` if present.
-        config: a JSON or TOML file with any of ``root``, ``pairs``, ``neutral`` (relative paths are taken from
-            the config file's folder); explicit arguments win. Default: ``ROOT/pairs.json`` if it exists.
+        neutral_ood: path of a second neutral JSONL, None for none, ``"auto"`` for ``ROOT/neutral_ood.jsonl`` if
+            present.
+        config: a JSON or TOML file with any of ``root``, ``pairs``, ``neutral``, ``neutral_ood`` (relative paths
+            are taken from the config file's folder); explicit arguments win. Default: ``ROOT/pairs.json`` if it
+            exists.
 
     Returns:
         A :class:`PairedDataset`.
@@ -217,6 +241,8 @@ def load_pairs(
             pairs = cfg["pairs"]
         if neutral == "auto" and "neutral" in cfg:
             neutral = None if cfg["neutral"] in (None, False, "") else base / cfg["neutral"]
+        if neutral_ood == "auto" and "neutral_ood" in cfg:
+            neutral_ood = None if cfg["neutral_ood"] in (None, False, "") else base / cfg["neutral_ood"]
     root = bundled_path() if root is None else Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a folder")
@@ -237,6 +263,12 @@ def load_pairs(
         pair = Pair(left, right)
         seen: dict = {}
         present = {s for (s, _) in files}
+        if "contrast_train" in present and "contrast" not in present and "contrast_train" not in splits:
+            raise DataError(
+                f"{root}: pair {name} has a contrast_train split but no contrast split (expected "
+                f"{root / name / 'contrast' / (left + '.jsonl')} or {root / f'{name}__contrast__{left}.jsonl'}): "
+                "contrast_train is only added to train, and both fits are reported on contrast"
+            )
         for split in [*splits, *(s for s in OPTIONAL_SPLITS if s in present and s not in splits)]:
             have = {side for (s, side) in files if s == split}
             if not have:
@@ -271,16 +303,22 @@ def load_pairs(
                     stacklevel=2,
                 )
         out.append(pair)
-    neutral_rows: list = []
-    if neutral == "auto":
-        neutral = root / "neutral.jsonl" if (root / "neutral.jsonl").is_file() else None
-    if neutral is not None:
-        npath = Path(neutral)
-        if not npath.is_file():
-            raise DataError(f"{npath}: neutral file not found")
-        neutral_rows = load_jsonl(npath)
-        hashes[npath.name if npath.parent == root else str(npath)] = sha256_file(npath)
-    return PairedDataset(out, neutral_rows, str(root), hashes)
+    neutral_rows = _neutral(root, neutral, "neutral.jsonl", hashes)
+    neutral_ood_rows = _neutral(root, neutral_ood, "neutral_ood.jsonl", hashes)
+    return PairedDataset(out, neutral_rows, str(root), hashes, neutral_ood_rows)
+
+
+def _neutral(root: Path, spec, default_name: str, hashes: dict) -> list:
+    if spec == "auto":
+        spec = root / default_name if (root / default_name).is_file() else None
+    if spec is None:
+        return []
+    npath = Path(spec)
+    if not npath.is_file():
+        raise DataError(f"{npath}: neutral file not found")
+    rows = load_jsonl(npath)
+    hashes[npath.name if npath.parent == root else str(npath)] = sha256_file(npath)
+    return rows
 
 
 def _read_config(path: Path) -> dict:
@@ -301,9 +339,9 @@ def _read_config(path: Path) -> dict:
             raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
     if not isinstance(cfg, dict):
         raise DataError(f"{path}: expected a table/object with root, pairs, neutral")
-    unknown = set(cfg) - {"root", "pairs", "neutral"}
+    unknown = set(cfg) - {"root", "pairs", "neutral", "neutral_ood"}
     if unknown:
-        raise DataError(f"{path}: unknown field(s) {sorted(unknown)}; expected root, pairs, neutral")
+        raise DataError(f"{path}: unknown field(s) {sorted(unknown)}; expected root, pairs, neutral, neutral_ood")
     if "pairs" in cfg and not (isinstance(cfg["pairs"], list) and cfg["pairs"]):
         raise DataError(f"{path}: field 'pairs' must be a non-empty list such as [\"sad_vs_happy\"]")
     return cfg
