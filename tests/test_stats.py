@@ -217,7 +217,8 @@ def test_ece_brier_nll_by_hand():
     assert cal.brier(y, p) == pytest.approx((0.01 + 0.01 + 0.16 + 0.04) / 4)
     assert cal.nll(y, p) == pytest.approx(-np.mean(np.log([0.9, 0.9, 0.6, 0.8])))
     rep = cal.calibration_report(y, [2.0, -2.0, 0.4, 1.4], {"x": cal.Calibrator("platt", 1.0, 0.0)})
-    assert rep["constant"] == {"nll": pytest.approx(np.log(2)), "brier": 0.25, "ece": pytest.approx(0.25)}
+    assert rep["constant"] == {"nll": pytest.approx(np.log(2)), "brier": 0.25, "ece": None}
+    assert rep["raw"]["nll"] == pytest.approx(cal.nll(y, expit(np.array([2.0, -2.0, 0.4, 1.4]))))
     assert rep["x"]["brier"] == pytest.approx(cal.brier(y, expit(np.array([2.0, -2.0, 0.4, 1.4]))))
     with pytest.raises(ValueError, match="non-finite"):
         cal.fit_platt([0.1, np.nan, -1.0, 1.0], [1, 1, 0, 0])
@@ -395,4 +396,40 @@ def test_evaluate_split_refuses_nan_naming_pair_split_and_ids():
         evaluate_split(p, scores, [3], index, n_boot=10, n_perm=10)
     ok = evaluate_split(p, np.nan_to_num(scores, nan=2.0), [3], index, n_boot=50, n_perm=100)["a_vs_b"]
     assert ok["resample"] == "scene" and ok["balanced_accuracy"]["value"] == 1.0
-    assert set(ok["calibration"]) == {"constant", "calibrated"} and 0 < ok["permutation_p"] <= 1
+    assert set(ok["calibration"]) == {"constant", "raw", "calibrated", "ece_noise_floor"}
+    assert 0 < ok["permutation_p"] <= 1
+
+
+@pytest.mark.parametrize("n", [32, 48, 64])
+def test_balanced_accuracy_interval_coverage_over_a_grid(n):
+    """Exact coverage over every pair of true hit rates in [0.5, 1] (step 0.01): the chosen interval (Wilson
+    below, Clopper-Pearson above) keeps every grid point >= 0.92 and averages about 0.95 or more; Wilson alone
+    misses on the upper side near BA 1 (the reason for the choice), which this test also shows."""
+    chosen = stats.balanced_accuracy_coverage(n)
+    assert chosen["coverage"].min() >= 0.92, chosen["coverage"].min()
+    assert chosen["coverage"].mean() >= 0.95
+    wilson = stats.balanced_accuracy_coverage(n, upper="wilson")
+    top = wilson["ba"] > 0.95
+    assert wilson["coverage"][top].min() < 0.92  # the defect: misses above 0.95 ...
+    assert wilson["miss_high"][top].max() > 0.05  # ... on the upper side
+    assert chosen["miss_high"][top].max() < wilson["miss_high"][top].max()
+    # the mix's lower limit is Wilson's: no wider below than before
+    lo_w, _ = stats.balanced_accuracy_interval(np.arange(n + 1), n, n // 2, n, upper="wilson")
+    lo_c, _ = stats.balanced_accuracy_interval(np.arange(n + 1), n, n // 2, n)
+    np.testing.assert_allclose(lo_c, lo_w)
+
+
+def test_calibration_reference_is_the_raw_sigmoid_not_the_constant():
+    """A 3x over-confident probe: its raw sigmoid loses to the calibrated fit on NLL; the constant 0.5 has no
+    ECE (uninformative on balanced data); the ECE noise floor at 128 texts is what the review measured."""
+    rng = np.random.default_rng(0)
+    n = 64
+    y = np.r_[np.ones(n), np.zeros(n)]
+    true_logit = np.where(y == 1, 1.0, -1.0) + rng.normal(0, 1.0, 2 * n)
+    score = 3.0 * true_logit  # over-confident raw scores
+    platt = cal.fit_platt(score, y)
+    rep = cal.calibration_report(y, score, {"calibrated": platt}, n_sim=300)
+    assert rep["calibrated"]["nll"] < rep["raw"]["nll"]
+    assert rep["constant"]["ece"] is None
+    floor = rep["ece_noise_floor"]
+    assert floor["n"] == 128 and 0.03 < floor["mean"] < 0.10 and floor["q95"] > floor["mean"]

@@ -28,6 +28,7 @@ __all__ = [
     "ece",
     "equal_mass_bins",
     "calibration_report",
+    "ece_noise_floor",
 ]
 
 
@@ -170,17 +171,49 @@ def fit_temperature(score, y, smooth: bool = True) -> Calibrator:
     return Calibrator("temperature", *_fit(score, y, False, smooth))
 
 
-def calibration_report(y, score, calibrators: dict) -> dict:
-    """NLL, Brier and ECE (5 equal-mass bins) of the constant ``p_left = 0.5`` (``constant``, the reference a
-    calibration must beat) and of each calibrator, on the given texts.
+def calibration_report(y, score, calibrators: dict, *, n_sim: int = 200, seed: int = 0) -> dict:
+    """How good the probabilities are on the given texts: NLL, Brier and ECE (5 equal-mass bins) of
 
-    (The sigmoid of the raw score is no reference: the raw score is in arbitrary units.)
+    * ``raw``: ``sigmoid(score)`` with no fit (the band score is in units of the train within-side spread, so
+      this is what an uncalibrated probe would say: the reference a calibration must beat);
+    * each calibrator (``calibrated``, and ``temperature`` where given: the temperature-only fit);
+    * ``constant``: ``p_left = 0.5``, NLL and Brier only. Its ECE is uninformative (on balanced texts it is 0 for
+      any data) and is reported as None.
+
+    ``ece_noise_floor``: the ECE that a perfectly calibrated predictor gets at this number of texts, simulated by
+    drawing the labels from the calibrated probabilities themselves (``n_sim`` draws; 0 skips it): mean and 95th
+    percentile. An ECE below the 95th percentile cannot be told from perfect calibration.
+
+    Example:
+        >>> rep = calibration_report([1, 0, 1, 0], [2.0, -2.0, 0.5, -0.5], {}, n_sim=20)
+        >>> sorted(rep), rep["constant"]["ece"] is None
+        (['constant', 'ece_noise_floor', 'raw'], True)
     """
     y = np.asarray(y, dtype=np.float64)
-    out = {"constant": _quality(y, np.full(len(y), 0.5))}
+    score = np.asarray(score, dtype=np.float64)
+    out = {"constant": {**_quality(y, np.full(len(y), 0.5)), "ece": None}, "raw": _quality(y, expit(score))}
     for name, cal in calibrators.items():
         out[name] = _quality(y, cal(score))
+    if n_sim:
+        p_ref = calibrators["calibrated"](score) if "calibrated" in calibrators else expit(score)
+        out["ece_noise_floor"] = ece_noise_floor(p_ref, n_sim=n_sim, seed=seed)
     return out
+
+
+def ece_noise_floor(p, *, n_sim: int = 200, seed: int = 0, bins: int = 5) -> dict:
+    """ECE of a perfectly calibrated predictor with probabilities ``p`` ``[N]``: labels drawn as
+    ``Bernoulli(p)`` ``n_sim`` times. Returns ``{"mean", "q95", "n", "n_sim"}``.
+
+    >>> f = ece_noise_floor(np.full(128, 0.7), n_sim=50)
+    >>> 0.0 < f["mean"] < 0.15 and f["n"] == 128
+    True
+    """
+    p = np.asarray(p, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    vals = np.array([ece((rng.random(len(p)) < p).astype(np.float64), p, bins=bins) for _ in range(n_sim)])
+    if not len(p):
+        return {"mean": None, "q95": None, "n": 0, "n_sim": int(n_sim)}
+    return {"mean": float(vals.mean()), "q95": float(np.quantile(vals, 0.95)), "n": int(len(p)), "n_sim": int(n_sim)}
 
 
 def _quality(y, p) -> dict:

@@ -116,7 +116,7 @@ def select_and_calibrate(probe, val_scores, val, *, policy, width, calibration, 
         probe.calibrators[name] = fits[calibration]
         cal_report[name] = {
             "fits": {k: c.to_dict() for k, c in fits.items()},
-            "val": calibration_report(val.y[idx], band[idx, p], fits),
+            "val": calibration_report(val.y[idx], band[idx, p], fits, n_sim=0),
             "n_select": int(len(per_pair[name][1])),
             "n_calibrate": int(len(idx)),
         }
