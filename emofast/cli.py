@@ -84,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
         "--shuffled", type=int, default=20, help="shuffled-label baselines (chance level, a distribution); 0 for none"
     )
     r.add_argument(
+        "--refits",
+        type=int,
+        default=20,
+        help="refit control: probe and lexical baseline refitted on N bootstrap resamples of train; 0 for none",
+    )
+    r.add_argument(
         "--n-perm", type=int, default=10_000, help="label permutations of each pair's permutation test (0: none)"
     )
     r.add_argument(
@@ -196,6 +202,7 @@ def cmd_run(args) -> int:
         n_boot=args.n_boot,
         seed=args.seed,
         shuffled=args.shuffled,
+        refits=args.refits,
         n_perm=args.n_perm,
         val_use=args.val_use,
         controls=_controls(args),

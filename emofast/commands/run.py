@@ -31,6 +31,7 @@ from ..probe.paired import (
 from ..probe.profile import profile_rows
 from .controls import pairs_columns, resolve_controls, run_controls
 from .onepass import extract_rows, extraction_of, plan_passes, project_rows, remove_spill
+from .refits import DEFAULT_REFITS, refit_control, refit_probes
 from .run_stats import difference_columns, evaluate_run
 
 __all__ = ["round_floats", "run", "RunResult", "default_run_dir"]
@@ -90,6 +91,7 @@ def run(
     n_boot: int = 1000,
     seed: int = 0,
     shuffled: int = 20,
+    refits: int = DEFAULT_REFITS,
     n_perm: int = 10_000,
     val_use: str = "halves",
     controls="auto",
@@ -112,6 +114,8 @@ def run(
         shuffled: shuffled-label baselines fitted from the same pass (chance level; 0 for none). Each adds ``P``
             directions to the projection and one selection and calibration (``timing.json``:
             ``shuffled_statistics_s``).
+        refits: the refit control (:mod:`emofast.commands.refits`): probe and lexical baseline fitted again on
+            this many bootstrap resamples of train (0 for none; needs the lexical control and the one-pass mode).
         n_perm: label permutations of each pair's permutation test (``permutation_p``, Holm-corrected).
         val_use: ``halves`` (layers on one half of val, calibration on the other) or ``shared``.
         controls: ``"auto"`` (lexical, shuffled, and random-init for models up to ~1B parameters), ``"none"``, or
@@ -168,6 +172,7 @@ def run(
         "runner": runner,
     }
     plan = plan_passes(model, len(texts), method)
+    refit_list = []
     timing["passes"] = plan["mode"]
     t = time.perf_counter()
     if plan["mode"] != "two passes (streamed)":
@@ -192,7 +197,10 @@ def run(
             )
             timing["model_pass_s"] = time.perf_counter() - t
             t = time.perf_counter()
-            everyone = [probe, *baselines]
+            if refits and "lexical" in which:
+                refit_list = refit_probes(probe, rows[:n_train], splits["train"], refits, seed)
+                timing["refit_fits_s"] = time.perf_counter() - t
+            everyone = [probe, *baselines, *(rp for rp, _ in refit_list)]
             dirs = torch.cat([p.directions_for(probe.layers) for p in everyone], dim=1)
             proj, norms = project_rows(rows, dirs)
             del rows
@@ -234,6 +242,10 @@ def run(
     part = lambda k: proj[:, :, k * n_pairs : (k + 1) * n_pairs]  # noqa: E731
     raw = {kind: probe.layer_scores(part(0), norms, probe.layers, kind, standardise=False) for kind in SCORES}
     base_raw = [b.layer_scores(part(k + 1), norms, probe.layers, standardise=False) for k, b in enumerate(baselines)]
+    refit_raw = [
+        rp.layer_scores(part(1 + len(baselines) + k), norms, probe.layers, standardise=False)
+        for k, (rp, _) in enumerate(refit_list)
+    ]
     metrics, scores = evaluate_run(
         probe,
         raw,
@@ -282,6 +294,10 @@ def run(
         )
     )
     metrics["controls"]["run"] = which
+    if refit_list:
+        sel = {"policy": policy, "width": width, "calibration": calibration, "val_use": val_use}
+        metrics["controls"]["refits"] = refit_control(refit_list, refit_raw, offsets, splits, data, sel, seed=seed)
+        timing["refits_s"] = metrics["controls"]["refits"].pop("seconds") + timing.pop("refit_fits_s", 0.0)
 
     probe.meta["model_source"] = _model_source(name)
     probe.meta["model_load"] = name

@@ -40,6 +40,7 @@ CONTROL_KINDS = {
     "lexical": "evidence",
     "random_init": "evidence",
     "out_of_domain": "evidence",
+    "refits": "evidence",
     "polarity_swap": "self-test",
 }
 
@@ -257,6 +258,11 @@ def difference_columns(metrics: dict, name: str) -> dict:
     if d:
         row["centered_minus_cosine"] = d["value"]
         row["centered_minus_cosine_lo"], row["centered_minus_cosine_hi"] = d["ci95"]
+    rf = c.get("refits", {}).get(name)
+    if rf and rf.get("ci95"):
+        row["probe_minus_lexical_refit"] = rf["value"]
+        row["probe_minus_lexical_refit_lo"], row["probe_minus_lexical_refit_hi"] = rf["ci95"]
+        row["probe_minus_lexical_refit_p_holm"] = rf["p_holm"]
     sh = c.get("shuffled_labels", {}).get("distribution", {}).get(name)
     if sh:
         row["shuffled_balanced_accuracy_mean"] = sh["mean"]

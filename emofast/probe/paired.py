@@ -29,6 +29,7 @@ from ..data.pairs import PairedDataset
 from ..fileio import write_json
 from .calibration import Calibrator
 from .directions import METHODS, logistic, mean_diff, shrinkage_lda
+from .resample import shuffled_labelings
 from .selection import layer_scale, select_and_calibrate
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "DEFAULT_WIDTH",
     "SCORES",
     "side_columns",
+    "fit_rows",
 ]
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
@@ -366,8 +368,9 @@ class PairedProbe:
         """:meth:`fit_directions`, plus *shuffled-label baselines* fitted from the same pass.
 
         Args:
-            shuffled: how many baselines: the side labels are permuted within each pair (seeds ``seed``,
-                ``seed + 1``, ...), so that their accuracy shows chance level.
+            shuffled: how many baselines: the side labels are shuffled within each pair, within scenes for matched
+                data (:func:`~emofast.probe.resample.shuffled_labelings`; seeds ``seed``, ``seed + 1``, ...), so
+                that their accuracy shows chance level.
             runner: an :mod:`emofast.distributed` runner that shards the pass over ranks.
             rows: the train split's rows ``[N_train, nL, D]`` (over ``layers``) when the caller already ran the
                 model over them (``emofast run`` runs every text once); then no pass runs here.
@@ -390,14 +393,7 @@ class PairedProbe:
         n_layers = num_layers(model)
         layers = list(range(n_layers + 1)) if layers is None else [int(x) % (n_layers + 1) for x in layers]
         train = SplitIndex.of(data, "train")
-        labelings = [train.y]
-        for k in range(shuffled):
-            rng = np.random.default_rng(seed + k)
-            y = train.y.copy()
-            for p in range(len(data.pairs)):
-                idx = train.of_pair(p)
-                y[idx] = rng.permutation(y[idx])
-            labelings.append(y)
+        labelings = [train.y, *shuffled_labelings(train, shuffled, seed)]
         names = [p.name for p in data.pairs]
         conv: list = []  # logistic-regression convergence, per pair and layer
         kw = {"layers": layers, "batch_size": batch_size, "max_tokens": max_tokens, "progress": progress, **ex}
@@ -405,7 +401,7 @@ class PairedProbe:
             if len(rows) != len(train.texts):
                 raise ValueError(f"rows holds {len(rows)} texts; the train split has {len(train.texts)}")
             fn = {"mean-diff": None, "lda": shrinkage_lda, "logreg": partial(logistic, report=conv)}[method]
-            fits = [_rows_fit(rows, train, y, fn) for y in labelings]
+            fits = [fit_rows(rows, train, y, fn) for y in labelings]
         elif method == "mean-diff":
             label_names = [f"{n}|{s}" for n in names for s in "LR"]
             sets = [[f"{names[p]}|{'L' if side else 'R'}" for p, side in zip(train.pair, y)] for y in labelings]
@@ -414,7 +410,7 @@ class PairedProbe:
         else:
             rows = runner.extract(model, tokenizer, train.texts, **kw)
             fn = shrinkage_lda if method == "lda" else partial(logistic, report=conv)
-            fits = [_rows_fit(rows, train, y, fn) for y in labelings]
+            fits = [fit_rows(rows, train, y, fn) for y in labelings]
         meta = {
             "model": model_id(model),
             "model_revision": getattr(getattr(model, "config", None), "_commit_hash", None),
@@ -554,8 +550,9 @@ def _mean_diff_fit(acc, names):
     return torch.stack(dirs), torch.stack(mids)
 
 
-def _rows_fit(rows, train: SplitIndex, y: np.ndarray, fn):
-    """Directions and midpoints from held rows; ``fn=None`` is the mean difference (as :func:`_mean_diff_fit`)."""
+def fit_rows(rows, train: SplitIndex, y: np.ndarray, fn):
+    """``([P, nL, D] directions, [P, nL, D] midpoints)`` from held rows ``[N, nL, D]`` of ``train`` with labels
+    ``y`` (1 = left); ``fn`` fits one layer's direction from (left, right) rows, None for the mean difference."""
     dirs, mids = [], []
     for p in range(int(train.pair.max()) + 1):
         idx = train.of_pair(p)

@@ -38,6 +38,7 @@ __all__ = [
     "balanced_accuracy_ci",
     "balanced_accuracy_interval",
     "balanced_accuracy_coverage",
+    "balanced_accuracy_rows",
     "paired_difference",
     "mover_difference",
     "permutation_p",
@@ -392,7 +393,7 @@ def _as_decision(s) -> np.ndarray:
     return s if s.dtype == bool else s > 0
 
 
-def _ba_rows(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
+def balanced_accuracy_rows(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """Balanced accuracy of every row of label and decision matrices ``[B, N]`` (vectorised)."""
     hit = y == pred
     n1 = y.sum(axis=1)
@@ -457,7 +458,7 @@ def paired_difference(
     idx = resample_indices(y, n_boot, seed, ids, scenes)
     if metric == "balanced_accuracy":
         yb = y[idx].astype(bool)
-        vals = _ba_rows(yb, _as_decision(a)[idx]) - _ba_rows(yb, _as_decision(b)[idx])
+        vals = balanced_accuracy_rows(yb, _as_decision(a)[idx]) - balanced_accuracy_rows(yb, _as_decision(b)[idx])
     else:
         vals = np.array([fn(y[i], a[i]) - fn(y[i], b[i]) for i in idx])
     va, vb = fn(y, a), fn(y, b)
@@ -521,7 +522,7 @@ def permutation_p(y, pred_left, *, n_perm: int = 10_000, seed: int = 0, ids=None
         perm = np.argsort(rng.random((n_perm, len(y))), axis=1)
         yp = np.empty((n_perm, len(y)), dtype=bool)
         yp[:, canon] = y[canon][perm]
-    null = _ba_rows(yp, np.broadcast_to(pred, yp.shape))
+    null = balanced_accuracy_rows(yp, np.broadcast_to(pred, yp.shape))
     return float((1 + np.sum(null >= obs - 1e-12)) / (1 + n_perm))
 
 

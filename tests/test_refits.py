@@ -1,0 +1,72 @@
+"""The refit control and the label resamples behind it and behind the shuffled-label baselines."""
+
+from __future__ import annotations
+
+import csv
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from test_workflow import _run, setup  # noqa: F401  (setup is a fixture)
+
+from emofast.probe.resample import shuffled_labelings, train_resamples
+
+
+def _matched(n=6):
+    ids = [f"sad-train-{k}" for k in range(n)] + [f"happy-train-{k}" for k in range(n)]
+    return SimpleNamespace(pair=np.zeros(2 * n, int), y=np.r_[np.ones(n, int), np.zeros(n, int)], ids=ids)
+
+
+def test_shuffled_labels_stay_within_scenes_for_matched_data():
+    ix = _matched()
+    labelings = shuffled_labelings(ix, 20, 0)
+    flipped = 0
+    for y in labelings:
+        for k in range(6):  # scene k: text k (left file) and text 6 + k (right file) keep opposite sides
+            assert y[k] + y[6 + k] == 1
+        flipped += int((y != ix.y).any())
+    assert flipped >= 15  # and the sides do get shuffled
+    # unmatched ids: a plain permutation within the pair (counts kept)
+    un = SimpleNamespace(pair=ix.pair, y=ix.y, ids=[f"t{k}" for k in range(12)])
+    assert all(int(y.sum()) == 6 for y in shuffled_labelings(un, 5, 0))
+
+
+def test_train_resamples_keep_sides_and_draw_scenes_together():
+    ix = _matched()
+    ix.pair = np.r_[np.zeros(12, int)]
+    for idx in train_resamples(ix, 10, 3):
+        assert len(idx) == 12 and int(ix.y[idx].sum()) == 6
+        scenes = sorted(int(ix.ids[i].rsplit("-", 1)[1]) for i in idx if ix.y[i] == 1)
+        assert scenes == sorted(int(ix.ids[i].rsplit("-", 1)[1]) for i in idx if ix.y[i] == 0)
+    assert len({tuple(r) for r in train_resamples(ix, 10, 3)}) > 1
+
+
+@pytest.fixture(scope="module")
+def ran_refits(setup):  # noqa: F811
+    out = setup / "run_refits"
+    assert _run(setup, out) == 0
+    return out
+
+
+def test_refit_control_in_metrics_and_pairs_csv(ran_refits):
+    m = json.loads((ran_refits / "metrics.json").read_text())
+    rf = m["controls"]["refits"]
+    assert rf["refits"] == 20 and rf["kind"] == "evidence"
+    pairs = list(m["pairs_test"])
+    ps = []
+    for name in pairs:
+        r = rf[name]
+        assert len(r["probe_balanced_accuracy"]) == len(r["lexical_balanced_accuracy"]) == 20
+        d = np.array(r["probe_balanced_accuracy"]) - np.array(r["lexical_balanced_accuracy"])
+        assert r["value"] == pytest.approx(d.mean(), abs=1e-6)
+        lo, hi = r["ci95"]
+        assert lo <= hi and 0 < r["p_one_sided"] <= r["p_holm"] <= 1
+        ps.append(r["p_one_sided"])
+    assert max(rf[n]["p_holm"] for n in pairs) >= max(ps) - 1e-12
+    with open(ran_refits / "pairs.csv") as f:
+        rows = list(csv.DictReader(f))
+    for col in ("probe_minus_lexical_refit", "probe_minus_lexical_refit_lo", "probe_minus_lexical_refit_hi"):
+        assert all(row[col] != "" for row in rows), col
+    timing = json.loads((ran_refits / "timing.json").read_text())
+    assert timing["refits_s"] > 0
