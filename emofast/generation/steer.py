@@ -20,6 +20,7 @@ produced under steering, and the prompt's own states are untouched); ``"all"`` s
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -27,10 +28,20 @@ import torch
 from ..capture.models import resolve_layout
 from ..capture.prompts import check_texts
 from .hooks import input_device, is_prompt_step, residual_hook
+from .plan import as_settings, row_additions
 from .trace import encode_prompts, generation_kwargs
 from .trace import trace as trace_fn
 
-__all__ = ["Steering", "steer", "steering_vectors", "generate_texts", "dataset_of", "random_vectors", "KINDS"]
+__all__ = [
+    "Steering",
+    "AddSteering",
+    "steer",
+    "steering_vectors",
+    "generate_texts",
+    "dataset_of",
+    "random_vectors",
+    "KINDS",
+]
 
 WHERE = ("generated", "all")
 KINDS = ("mean-diff", "probe")
@@ -98,57 +109,48 @@ def steering_vectors(model, tok, probe, data=None, pairs=None, *, kind: str = "m
     return out
 
 
-class Steering:
-    """Context manager: while active, every forward pass of ``model`` is steered.
+class AddSteering:
+    """Context manager, the Hugging Face half of steering: while active, add ``additions[layer]`` to the residual
+    stream at each layer (:func:`emofast.generation.plan.row_additions` makes them).
 
-    Args:
-        model: a Hugging Face causal LM.
-        probe: a fitted pair probe (its chosen layers say where to steer).
-        alphas: ``{pair_name: alpha}``; positive moves toward the left side.
-        vectors: ``{pair_name: {layer: (d, sigma)}}`` from :func:`steering_vectors` (or :func:`random_vectors`,
-            the control); default: measured here with ``kind`` (needs ``tok``).
-        where: ``"generated"`` or ``"all"`` (see the module docstring).
+    ``additions``: ``{layer: [D]}`` (every row the same) or ``{layer: [B, D]}`` (row ``i`` of each batch gets row
+    ``i``: the batch must then have exactly ``B`` rows, one per setting; beam search and several sequences per
+    prompt are refused with a clear error).
 
     Example:
-        >>> with Steering(model, probe, {"sad_vs_happy": 2.0}, tok=tok):      # doctest: +SKIP
-        ...     out = model.generate(**enc, max_new_tokens=32)
+        >>> adds = row_additions([{"sad_vs_happy": 2.0}, {}], vecs)             # doctest: +SKIP
+        >>> with AddSteering(model, adds):                                      # doctest: +SKIP
+        ...     out = model.generate(**enc)   # enc: 2 prompts; the second is not steered
     """
 
-    def __init__(self, model, probe, alphas: dict, *, vectors=None, where="generated", kind="mean-diff", tok=None):
+    def __init__(self, model, additions: dict, *, where: str = "generated"):
         if where not in WHERE:
             raise ValueError(f"where={where!r}: expected one of {', '.join(WHERE)}")
-        if not hasattr(probe, "pairs"):
-            raise ValueError("steering needs a pair probe (an emotion space has no pair directions to push along)")
-        unknown = sorted(set(alphas) - set(probe.names))
-        if unknown:
-            raise ValueError(f"unknown pair(s) {unknown}; this probe has {probe.names}")
         self.model, self.where = model, where
         self.layout = resolve_layout(model)
-        active = [n for n, a in alphas.items() if a]
-        if vectors is None and active:
-            if tok is None:
-                raise ValueError("pass vectors= (from steering_vectors) or tok= so that they can be measured")
-            vectors = steering_vectors(model, tok, probe, pairs=active, kind=kind)
         device = input_device(model)
         dtype = next(model.parameters()).dtype
-        total: dict[int, torch.Tensor] = {}
-        for name in active:
-            for layer, (d, sigma) in vectors[name].items():
-                v = float(alphas[name]) * float(sigma) * torch.as_tensor(d, dtype=torch.float32)
-                total[int(layer)] = total.get(int(layer), 0) + v
-        self.vectors = {k: v.to(device, dtype) for k, v in total.items()}
+        self.vectors = {int(k): torch.as_tensor(v).to(device, dtype) for k, v in additions.items()}
         self.prompt_step = True
         self.handles = []
 
     def _hook(self, v):
-        def add(hidden):
+        per_row = v.ndim == 2
+        add = v[:, None, :] if per_row else v
+
+        def hook(hidden):
+            if per_row and hidden.shape[0] != v.shape[0]:
+                raise ValueError(
+                    f"per-row steering has {v.shape[0]} settings but the batch has {hidden.shape[0]} rows: "
+                    "generate exactly one row per setting (no beams, one sequence per prompt)"
+                )
             if self.where == "all" or not self.prompt_step:
-                return hidden + v
+                return hidden + add
             out = hidden.clone()
             out[:, -1] += v  # left padding: the last column is every row's last prompt token
             return out
 
-        return add
+        return hook
 
     def __enter__(self):
         def mark(_mod, _args, kwargs):
@@ -162,6 +164,49 @@ class Steering:
         for h in self.handles:
             h.remove()
         self.handles = []
+
+
+class Steering(AddSteering):
+    """Context manager: while active, every forward pass of ``model`` is steered.
+
+    Args:
+        model: a Hugging Face causal LM.
+        probe: a fitted pair probe (its chosen layers say where to steer).
+        alphas: ``{pair_name: alpha}`` for every row; or a list of them, one per row of the batch (per-row
+            steering: row ``i`` of each generated batch gets ``alphas[i]``; ``None`` or ``{}`` = unsteered);
+            positive moves toward the left side.
+        vectors: ``{pair_name: {layer: (d, sigma)}}`` from :func:`steering_vectors` (or :func:`random_vectors`,
+            the control), or with per-row ``alphas`` a list of such tables, one per row; default: measured here
+            with ``kind`` (needs ``tok``).
+        where: ``"generated"`` or ``"all"`` (see the module docstring).
+
+    Example:
+        >>> with Steering(model, probe, {"sad_vs_happy": 2.0}, tok=tok):      # doctest: +SKIP
+        ...     out = model.generate(**enc, max_new_tokens=32)
+        >>> with Steering(model, probe, [{"sad_vs_happy": a} for a in (-2, 0, 2)], tok=tok):   # doctest: +SKIP
+        ...     out = model.generate(**enc3, max_new_tokens=32)   # enc3: three rows, one alpha each
+    """
+
+    def __init__(self, model, probe, alphas, *, vectors=None, where="generated", kind="mean-diff", tok=None):
+        if where not in WHERE:
+            raise ValueError(f"where={where!r}: expected one of {', '.join(WHERE)}")
+        if not hasattr(probe, "pairs"):
+            raise ValueError("steering needs a pair probe (an emotion space has no pair directions to push along)")
+        per_row = not isinstance(alphas, Mapping)
+        settings = as_settings(alphas, None if per_row else 1)
+        unknown = sorted({n for s in settings for n in s} - set(probe.names))
+        if unknown:
+            raise ValueError(f"unknown pair(s) {unknown}; this probe has {probe.names}")
+        active = sorted({n for s in settings for n, a in s.items() if a})
+        if vectors is None and active:
+            if tok is None:
+                raise ValueError("pass vectors= (from steering_vectors) or tok= so that they can be measured")
+            vectors = steering_vectors(model, tok, probe, pairs=active, kind=kind)
+        adds = row_additions(settings, vectors if vectors is not None else {}) if active else {}
+        if not per_row:
+            adds = {k: v[0] for k, v in adds.items()}
+        super().__init__(model, adds, where=where)
+        self.settings = settings if per_row else None
 
 
 def generate_texts(
@@ -213,7 +258,7 @@ def steer(
     tok,
     prompts,
     probe,
-    alphas: dict,
+    alphas,
     *,
     where="generated",
     max_new_tokens=64,
@@ -230,52 +275,92 @@ def steer(
     """Generate from ``prompts`` with the residual stream pushed along the probe's directions.
 
     Args:
-        alphas: ``{pair_name: alpha}`` (natural units, see the module docstring; positive = left side).
-        vectors, kind: as for :class:`Steering`.
+        alphas: ``{pair_name: alpha}`` for every prompt (natural units, see the module docstring; positive = left
+            side), or a list of them, one per prompt (per-row steering: all settings run in the same batches; a
+            prompt may be repeated to get several settings of it; ``None``/``{}`` = unsteered).
+        vectors, kind: as for :class:`Steering` (with per-row ``alphas``, ``vectors`` may be a list, one table
+            per prompt).
         trace: also read the probe at every token while steering (the reading sees the steered states).
         (the rest as in :func:`emofast.trace`)
 
     Returns:
         The generated texts ``[N]``; with ``trace=True``, ``(texts, pyarrow.Table)`` as :func:`emofast.trace`.
 
+    Per-row steering gives the same texts as one call per setting (greedy decoding; tested), and a row with
+    alpha 0 the same as unsteered generation. With sampling, ``torch.manual_seed(seed + batch)`` seeds each batch
+    of ``batch_size`` rows, so rows share noise with their batch, not with the same prompt under another setting.
+
     Example:
         >>> emofast.steer(model, tok, ["Describe your street."], probe, {"sad_vs_happy": 4})    # doctest: +SKIP
         ['The street is quiet and grey, ...']
+        >>> p = "Describe your street."
+        >>> emofast.steer(model, tok, [p] * 3, probe, [{"sad_vs_happy": a} for a in (-2, 0, 2)])  # doctest: +SKIP
+        ['The street is lively ...', 'The street is ...', 'The street is empty ...']
     """
-    with Steering(model, probe, alphas, vectors=vectors, where=where, kind=kind, tok=tok):
-        if trace:
-            import json
-
-            table = trace_fn(
-                model,
-                tok,
-                prompts,
-                probe,
-                max_new_tokens=max_new_tokens,
-                do_sample=do_sample,
-                seed=seed,
-                chat_template=chat_template,
-                batch_size=batch_size,
-                temperature=temperature,
-                top_p=top_p,
+    kw = {
+        "max_new_tokens": max_new_tokens,
+        "do_sample": do_sample,
+        "chat_template": chat_template,
+        "temperature": temperature,
+        "top_p": top_p,
+    }
+    if isinstance(alphas, Mapping):
+        with Steering(model, probe, alphas, vectors=vectors, where=where, kind=kind, tok=tok):
+            return _generate(model, tok, prompts, probe, trace=trace, seed=seed, batch_size=batch_size, **kw)
+    prompts = check_texts(prompts)
+    settings = as_settings(alphas, len(prompts))
+    if not isinstance(vectors, (Mapping, type(None))) and len(vectors) != len(prompts):
+        raise ValueError(f"{len(vectors)} vector tables for {len(prompts)} prompts: give one per prompt")
+    active = sorted({n for s in settings for n, a in s.items() if a})
+    if vectors is None and active:
+        vectors = steering_vectors(model, tok, probe, pairs=active, kind=kind)
+    bs = batch_size or min(32, max(1, len(prompts)))
+    texts, tables = [], []
+    for k, b0 in enumerate(range(0, len(prompts), bs)):
+        rows = slice(b0, b0 + bs)
+        vec = vectors if vectors is None or isinstance(vectors, Mapping) else vectors[rows]
+        with Steering(model, probe, settings[rows], vectors=vec, where=where):
+            out = _generate(
+                model, tok, prompts[rows], probe, trace=trace, seed=seed + k, batch_size=bs, first_id=b0, **kw
             )
-            return json.loads(table.schema.metadata[b"generated_texts"]), table
-        ex = probe.extraction()
-        chat_template = ex.get("chat_template", True) if chat_template is None else chat_template
-        system_prompt = ex.get("system_prompt") if chat_template else None
-        return generate_texts(
-            model,
-            tok,
-            prompts,
-            system_prompt=system_prompt,
-            chat_template=chat_template,
-            max_new_tokens=max_new_tokens,
-            do_sample=do_sample,
-            seed=seed,
-            batch_size=batch_size,
-            temperature=temperature,
-            top_p=top_p,
+        if trace:
+            texts += out[0]
+            tables.append(out[1])
+        else:
+            texts += out
+    if not trace:
+        return texts
+    import json
+
+    import pyarrow as pa
+
+    table = pa.concat_tables([t.replace_schema_metadata(None) for t in tables])
+    return texts, table.replace_schema_metadata({"generated_texts": json.dumps(texts)})
+
+
+def _generate(model, tok, prompts, probe, *, trace, seed, batch_size, first_id=0, chat_template=None, **kw):
+    """Generation (or tracing) under whatever steering is active; prompt ids count from ``first_id``."""
+    if trace:
+        import json
+
+        ids = [str(first_id + i) for i in range(len(prompts))]
+        table = trace_fn(
+            model, tok, prompts, probe, seed=seed, chat_template=chat_template, batch_size=batch_size, ids=ids, **kw
         )
+        return json.loads(table.schema.metadata[b"generated_texts"]), table
+    ex = probe.extraction()
+    chat_template = ex.get("chat_template", True) if chat_template is None else chat_template
+    system_prompt = ex.get("system_prompt") if chat_template else None
+    return generate_texts(
+        model,
+        tok,
+        prompts,
+        system_prompt=system_prompt,
+        chat_template=chat_template,
+        seed=seed,
+        batch_size=batch_size,
+        **kw,
+    )
 
 
 def random_vectors(vectors: dict, seed: int = 0) -> dict:
