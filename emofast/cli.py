@@ -112,6 +112,12 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="fit an emotion space instead of pairs: an emotion folder, or nothing for the bundled emotions",
     )
+    r.add_argument(
+        "--reference",
+        choices=["pooled", "neutral"],
+        default="pooled",
+        help="emotion space: fit the neutral zero on both neutral sets' train texts (pooled) or the first only",
+    )
 
     s = sub.add_parser("score", help="score texts (a file or a folder of shards) against a fitted probe")
     _add_model_args(s, default_model=None)
@@ -242,6 +248,7 @@ def _run_space(args) -> int:
         max_tokens=args.max_tokens,
         n_boot=args.n_boot,
         seed=args.seed,
+        reference=args.reference,
         progress=not args.no_progress,
         report=not args.no_report,
     )

@@ -177,3 +177,42 @@ def test_score_and_trace_with_a_space_probe(setup, ran, tmp_path):
 def test_compare_space_runs(ran, tmp_path):
     assert main(["compare", str(ran), str(ran), "--out", str(tmp_path / "cmp")]) == 0
     assert "emotion space" in (tmp_path / "cmp" / "report.md").read_text()
+
+
+def test_second_neutral_set_pooled_reference_and_unseen_set(setup, tmp_path):
+    """A second neutral set (``neutral_ood.jsonl``) is loaded, split 2/3 : 1/3; the pooled zero is fitted on both
+    sets' train parts (z mean 0 there); the run reports the held-out third and the whole set read by a zero fitted
+    on the first set alone, which equals a space fitted with ``reference="neutral"``."""
+    import shutil
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(setup / "data", data_dir)
+    with open(data_dir / "neutral_ood.jsonl", "w") as f:
+        for i in range(9):
+            f.write(json.dumps({"id": f"o{i}", "text": f"please file form {i} before the bus at {i + 3} pm"}) + "\n")
+    data = load_emotions(data_dir)
+    assert [len(data.neutral_ood[s]) for s in ("train", "test")] == [6, 3]
+    model, tok = tiny.model("llama"), tiny.tokenizer()
+    tok.padding_side, tok.pad_token = "left", "<pad>"
+    space, _, proj = EmotionSpace.fit_passes(model, tok, data)
+    where = proj["neutral_where"]
+    assert space.meta["reference"]["fitted_on"] == ["neutral:train", "neutral_ood:train"]
+    E = len(space.emotions)
+    z = space.layer_z(proj["neutral"][:, :, :E], space.layers)
+    fit = np.r_[np.arange(len(z))[where["neutral:train"]], np.arange(len(z))[where["neutral_ood:train"]]]
+    np.testing.assert_allclose(z[fit].mean(0), 0, atol=1e-5)
+    first, _, _ = EmotionSpace.fit_passes(model, tok, data, reference="neutral")
+    again = space.with_reference(proj["neutral_rows"][where["neutral:train"]])
+    np.testing.assert_allclose(again.neutral_mean, first.neutral_mean, atol=1e-6)
+    np.testing.assert_allclose(again.directions, first.directions, atol=1e-5)
+    with pytest.raises(ValueError, match="reference"):
+        EmotionSpace.fit_passes(model, tok, data, reference="median")
+    out = tmp_path / "run"
+    args = ["run", "--space", str(data_dir), "--model", str(setup / "model"), "--out", str(out)]
+    assert main([*args, "--width", "2", "--n-boot", "50", "--shuffled", "0", "--no-progress", "--no-report"]) == 0
+    m = json.loads((out / "metrics.json").read_text())["neutral"]
+    assert m["independent_held_out"]["n"] == 3 and m["unseen_set"]["n"] == 9
+    for e in WORDS:
+        lo, hi = m["unseen_set"]["ci95"][e]
+        assert lo <= m["unseen_set"]["mean"][e] <= hi
+    assert abs(m["fit"]["max_abs_mean"]) < 1e-4

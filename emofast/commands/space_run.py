@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..data.emotions import load_emotions
 from ..data.lexical import C_GRID
@@ -80,6 +81,7 @@ def run_space(
     n_boot=1000,
     seed=0,
     shuffled=5,
+    reference="pooled",
     pairs_run="auto",
     progress=False,
     report=True,
@@ -89,6 +91,8 @@ def run_space(
     Args:
         root: an emotion folder (:func:`emofast.data.emotions.load_emotions`; default: the bundled emotions).
         shuffled: shuffled-label spaces (labels permuted over the train texts) fitted from the same pass.
+        reference: ``"pooled"`` (the neutral zero fitted on the train parts of both bundled neutral sets) or
+            ``"neutral"`` (the first set only); see :meth:`EmotionSpace.fit_passes`.
         pairs_run: a pair run folder of the same model, for the pairs recovered from the space beside the
             dedicated pair probes (``"auto"``: ``runs/<model>`` when it exists; None: none).
     """
@@ -120,6 +124,7 @@ def run_space(
         progress=progress,
         shuffled=shuffled,
         seed=seed,
+        reference=reference,
     )
     timing["passes_s"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -132,12 +137,7 @@ def run_space(
     metrics = {"kind": "space", "model": space.meta["model"], "probe": space.spec()}
     metrics["test"] = evaluate_space(space.emotions, z_test, yte, ids, n_boot=n_boot, seed=seed)
     metrics["selection"] = space.fit_report
-    n_fit = len(data.neutral["train"])
-    z_neutral = space.band_z(space.layer_z(part(proj["neutral"], 0), space.layers), space.layers)
-    metrics["neutral"] = {
-        "held_out": neutral_reference(space.emotions, z_neutral[n_fit:]),
-        "fit": neutral_reference(space.emotions, z_neutral[:n_fit]),
-    }
+    metrics["neutral"] = _neutral_readings(space, proj, part(proj["neutral"], 0))
     try:
         pair_names = [(p.left, p.right) for p in load_pairs().pairs] if data.source == "bundled:emotions" else []
     except Exception:  # the bundled pairs are optional here
@@ -174,6 +174,8 @@ def run_space(
         "top1_over_chance": metrics["test"]["top1"]["value"] * E,
         "top3": metrics["test"]["top3"]["value"],
         "neutral_max_abs_mean_z": metrics["neutral"]["held_out"]["max_abs_mean"],
+        "neutral_ood_max_abs_mean_z": metrics["neutral"].get("independent_held_out", {}).get("max_abs_mean"),
+        "unseen_neutral_max_abs_mean_z": metrics["neutral"].get("unseen_set", {}).get("max_abs_mean"),
         "chosen_layers": space.chosen,
         "temperature": space.temperature,
     }
@@ -187,7 +189,7 @@ def run_space(
     (out / "summary.md").write_text(summary_markdown(metrics), encoding="utf-8")
     timing["total_s"] = time.perf_counter() - t0
     timing["texts_through_model"] = sum(len(data.split(s)[1]) for s in ("train", "val", "test")) + sum(
-        len(v) for v in data.neutral.values()
+        len(v) for v in [*data.neutral.values(), *data.neutral_ood.values()]
     )
     write_json(out / "timing.json", round_floats(timing, 2))
     if report:
@@ -195,6 +197,38 @@ def run_space(
 
         write_run_report(out)
     return metrics
+
+
+def _neutral_readings(space, proj, neutral_proj) -> dict:
+    """z on the neutral sets: the texts the zero was fitted on, the first set's held-out texts, the second set's
+    held-out texts, and (the test of a zero beyond its own sample) the whole second set read by a zero fitted on
+    the first set alone."""
+    where, rows = proj["neutral_where"], proj["neutral_rows"]
+    z = space.band_z(space.layer_z(neutral_proj, space.layers), space.layers)
+    fitted = space.meta.get("reference", {}).get("fitted_on", ["neutral:train"])
+
+    def pick(keys):
+        idx = np.concatenate([np.arange(len(z))[where[k]] for k in keys if k in where])
+        return idx
+
+    out = {
+        "fitted_on": fitted,
+        "fit": neutral_reference(space.emotions, z[pick(fitted)]),
+        "held_out": neutral_reference(space.emotions, z[pick(["neutral:val", "neutral:test"])]),
+    }
+    ood_test = pick(["neutral_ood:test"])
+    if len(ood_test):
+        out["independent_held_out"] = neutral_reference(space.emotions, z[ood_test])
+        first_only = space.with_reference(rows[where["neutral:train"]])
+        ood_all = pick(["neutral_ood:train", "neutral_ood:test"])
+        dirs = first_only.directions_for(space.layers)  # [nL, E, D]
+        pz = torch.einsum("nld,led->nle", rows[ood_all].float(), dirs)
+        zu = first_only.band_z(first_only.layer_z(pz, space.layers), space.layers)
+        out["unseen_set"] = {
+            "reference": "the first neutral set's train texts only",
+            **neutral_reference(space.emotions, zu),
+        }
+    return out
 
 
 def default_pair_run(name: str) -> Path:
@@ -242,6 +276,12 @@ def summary_markdown(m: dict) -> str:
         f"({s['top1_over_chance']:.1f}x chance of {t['chance']:.3f}); top-3 {t['top3']['value']:.3f}",
         f"- held-out neutral texts: largest |mean z| over emotions {s['neutral_max_abs_mean_z']:.2f} (target <= 0.5)",
     ]
+    if s.get("neutral_ood_max_abs_mean_z") is not None:
+        lines.append(
+            f"- the second neutral set (written apart): largest |mean z| {s['neutral_ood_max_abs_mean_z']:.2f} on its "
+            f"held-out third; {s['unseen_neutral_max_abs_mean_z']:.2f} on all of it when the zero is fitted on the "
+            "first set alone"
+        )
     c = m.get("controls", {})
     if "lexical" in c:
         lines.append(f"- lexical baseline (TF-IDF + logistic regression) top-1 {c['lexical']['top1']['value']:.3f}")

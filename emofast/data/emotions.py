@@ -3,7 +3,9 @@ train, val and test splits, plus a neutral reference set.
 
 Layouts of a user's folder: ``{emotion}/{split}.jsonl`` or flat ``{emotion}__{split}.jsonl``, and the neutral
 set as ``neutral/{split}.jsonl``, ``neutral__{split}.jsonl`` or one ``neutral.jsonl`` (then split by position:
-the first two thirds fit the reference, the last third is held out). Lines ``{"id": ..., "text": ...}``.
+the first two thirds fit the reference, the last third is held out); optionally ``neutral_ood.jsonl``, a second
+neutral set written apart from the first (split the same way; see :class:`EmotionDataset`). Lines
+``{"id": ..., "text": ...}``.
 
 The bundled set (``space.json`` beside the bundled pairs) reuses the ten pair labels' texts and adds emotions of
 its own; it also lists each emotion's textbook circumplex position (valence, arousal).
@@ -35,7 +37,9 @@ _FLAT = re.compile(r"^(?P<emotion>[A-Za-z0-9][\w\-]*?)__(?P<split>[a-z]+)\.jsonl
 @dataclass
 class EmotionDataset:
     """``texts[emotion][split]`` and ``neutral[split]`` are lists of ``(id, text)``; neutral splits are ``train``
-    (fits the reference) and ``test`` (held out), plus ``val`` when given."""
+    (fits the reference) and ``test`` (held out), plus ``val`` when given. ``neutral_ood[split]``: an optional
+    second neutral set written apart from the first (other topics and registers; ``train`` and ``test``, split two
+    thirds / one third), which shows whether the neutral zero holds beyond its own sample."""
 
     emotions: list[str]
     texts: dict
@@ -43,6 +47,7 @@ class EmotionDataset:
     root: str
     hashes: dict = field(default_factory=dict)
     circumplex: dict = field(default_factory=dict)
+    neutral_ood: dict = field(default_factory=dict)
 
     @property
     def source(self) -> str:
@@ -61,7 +66,7 @@ class EmotionDataset:
     def counts(self) -> dict:
         return {e: {s: len(v) for s, v in self.texts[e].items()} for e in self.emotions} | {
             "neutral": {s: len(v) for s, v in self.neutral.items()}
-        }
+        } | ({"neutral_ood": {s: len(v) for s, v in self.neutral_ood.items()}} if self.neutral_ood else {})
 
 
 def _split_single(rows: list) -> dict:
@@ -91,7 +96,16 @@ def _from_manifest(path: Path) -> EmotionDataset:
     neutral = _split_single(load_jsonl(nfile))
     hashes[spec["neutral"]] = sha256_file(nfile)
     circ = {e: tuple(v) for e, v in spec.get("circumplex", {}).items()}
-    return EmotionDataset(list(texts), texts, neutral, str(root), hashes, circ)
+    ood = _neutral_ood(root / spec["neutral_ood"], hashes) if spec.get("neutral_ood") else {}
+    return EmotionDataset(list(texts), texts, neutral, str(root), hashes, circ, ood)
+
+
+def _neutral_ood(path: Path, hashes: dict) -> dict:
+    """The optional second neutral set, split two thirds / one third; ``{}`` when the file is absent."""
+    if not path.is_file():
+        return {}
+    hashes[path.name] = sha256_file(path)
+    return _split_single(load_jsonl(path))
 
 
 def load_emotions(root=None, emotions=None) -> EmotionDataset:
@@ -154,7 +168,8 @@ def load_emotions(root=None, emotions=None) -> EmotionDataset:
             seen: dict = {}
             texts[e] = {s: load_jsonl(files[s], seen) for s in EMOTION_SPLITS}
             hashes.update({str(files[s].relative_to(root)): sha256_file(files[s]) for s in EMOTION_SPLITS})
-        ds = EmotionDataset(sorted(texts), texts, neutral, str(root), hashes)
+        ood = _neutral_ood(root / "neutral_ood.jsonl", hashes)
+        ds = EmotionDataset(sorted(texts), texts, neutral, str(root), hashes, {}, ood)
     if emotions is not None:
         unknown = [e for e in emotions if e not in ds.texts]
         if unknown:

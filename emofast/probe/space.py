@@ -69,6 +69,23 @@ def band_candidates(n_layers: int, width: int) -> list[list[int]]:
     return [list(range(i, i + width)) for i in range(n_layers - width + 1)]
 
 
+def reference_parts(means, counts, fit_rows, share: float = VARIANCE_EXPLAINED):
+    """Directions ``[E, nL, D]``, neutral mean ``[nL, D]``, spreads ``[E, nL]`` and components per layer from the
+    emotions' train means ``[E, nL, D]`` and the neutral reference rows ``[Nn, nL, D]``."""
+    mu_n = fit_rows.double().mean(0)
+    dirs, sig, ks = [], [], []
+    for li in range(fit_rows.shape[1]):
+        d, k = space_directions(means[:, li], fit_rows[:, li], share, counts=counts)
+        sd = ((fit_rows[:, li].double() - mu_n[li]) @ d.T).std(dim=0)
+        # a layer where neutral texts do not vary (e.g. layer 0 at the template's last token, the same token for
+        # every text) carries no reading: infinite spread, z = 0 there
+        floor = 1e-6 * float(fit_rows[:, li].double().norm(dim=-1).mean())
+        sig.append(torch.where(sd > floor, sd, torch.full_like(sd, float("inf"))))
+        dirs.append(d)
+        ks.append(k)
+    return torch.stack(dirs, 1).float(), mu_n.float(), torch.stack(sig, 1), ks
+
+
 class EmotionSpace:
     """A fitted emotion space.
 
@@ -109,6 +126,7 @@ class EmotionSpace:
         self.n_components = [int(k) for k in (n_components or [])]
         self.meta = dict(meta or {})
         self.fit_report = fit_report or {}
+        self.train_means = None  # (means [E, nL, D], counts [E]) after fit_passes; not saved
 
     # ------------------------------------------------------------------ the scoring interface
     @property
@@ -196,12 +214,18 @@ class EmotionSpace:
         seed=0,
         share=VARIANCE_EXPLAINED,
         extra_texts=(),
+        reference="pooled",
     ):
         """Run the passes and build the space (no layer choice yet) and its shuffled-label twins.
 
+        ``reference``: ``"pooled"`` fits the neutral zero on the train parts of both neutral sets (the dataset's
+        ``neutral`` and, where it has one, ``neutral_ood``: more and more varied neutral texts), ``"neutral"`` on
+        the first set only.
+
         Returns ``(space, [shuffled spaces], projections)``; ``projections`` maps ``"val"``, ``"test"``, ``"neutral"``
         and ``"extra"`` to ``[N, nL, E * (1 + shuffled)]`` projections on every space's directions (all candidate
-        layers).
+        layers); ``"neutral_rows"`` holds the neutral rows ``[Nn, nL, D]`` and ``"neutral_where"`` the slice of
+        each neutral set and split in them (``"neutral:train"``, ..., ``"neutral_ood:test"``).
         """
         from ..capture.api import accumulate_sets, extract, project
         from ..capture.models import model_dtype, model_id, num_layers
@@ -221,45 +245,35 @@ class EmotionSpace:
         for _ in range(shuffled):
             sets.append([data.emotions[k] for k in rng.permutation(y)])
         accs = accumulate_sets(model, tokenizer, train_texts, sets, label_names=list(data.emotions), **kw)
-        # the reference is fitted on the neutral train texts; val and test (when given) are held out, in that order
-        neutral_texts = [t for s in ("train", "val", "test") for _, t in data.neutral.get(s, [])]
-        n_fit = len(data.neutral["train"])
-        rows = extract(model, tokenizer, neutral_texts, **kw)  # [Nn, nL, D]
-        fit_rows = rows[:n_fit]
-        mu_n = fit_rows.double().mean(0)
+        # Neutral rows, in this order: the first set's train, val, test, then the second set's train, test. The
+        # reference is fitted on the first set's train texts, and with ``reference="pooled"`` also on the second
+        # set's train texts; the rest is held out.
+        parts = [("neutral", s, data.neutral.get(s, [])) for s in ("train", "val", "test")]
+        parts += [("neutral_ood", s, getattr(data, "neutral_ood", {}).get(s, [])) for s in ("train", "test")]
+        if reference not in ("pooled", "neutral"):
+            raise ValueError(f"reference must be 'pooled' or 'neutral', not {reference!r}")
+        rows = extract(model, tokenizer, [t for *_, r in parts for _, t in r], **kw)  # [Nn, nL, D]
+        where, start = {}, 0
+        for name, split, r in parts:
+            where[f"{name}:{split}"] = slice(start, start + len(r))
+            start += len(r)
+        fit_keys = ["neutral:train"] + (["neutral_ood:train"] if reference == "pooled" else [])
+        fit_rows = torch.cat([rows[where[k]] for k in fit_keys])
         spaces = []
         for acc in accs:
             means = acc.means()  # [E, nL, D]
-            dirs, sig, ks = [], [], []
-            for li in range(len(layers)):
-                d, k = space_directions(means[:, li], fit_rows[:, li], share, counts=acc.counts)
-                centred = fit_rows[:, li].double() - mu_n[li]
-                sd = (centred @ d.T).std(dim=0)
-                # a layer where neutral texts do not vary (e.g. layer 0 at the template's last token, the same
-                # token for every text) carries no reading: infinite spread, z = 0 there
-                floor = 1e-6 * float(fit_rows[:, li].double().norm(dim=-1).mean())
-                sig.append(torch.where(sd > floor, sd, torch.full_like(sd, float("inf"))))
-                dirs.append(d)
-                ks.append(k)
+            dirs, mu_n, sig, ks = reference_parts(means, acc.counts, fit_rows, share)
             meta = {
                 "model": model_id(model),
                 "dtype": str(model_dtype(model)).replace("torch.", ""),
                 **ex,
                 "dataset": {"root": data.source, "sha256": data.hashes, "counts": data.counts()},
                 "variance_explained": share,
+                "reference": {"fitted_on": fit_keys, "n": int(len(fit_rows))},
                 "emofast_version": __version__,
             }
-            spaces.append(
-                cls(
-                    data.emotions,
-                    layers,
-                    torch.stack(dirs, 1).float(),
-                    mu_n.float(),
-                    torch.stack(sig, 1),
-                    n_components=ks,
-                    meta=meta,
-                )
-            )
+            spaces.append(cls(data.emotions, layers, dirs, mu_n, sig, n_components=ks, meta=meta))
+            spaces[-1].train_means = (means, acc.counts)  # kept (not saved) for other references
         everyone = torch.cat([s.directions_for(layers) for s in spaces], dim=1)  # [nL, E*(1+S), D]
         projections = {}
         texts = {"val": data.split("val")[1], "test": data.split("test")[1], "extra": list(extra_texts)}
@@ -280,7 +294,19 @@ class EmotionSpace:
             projections[k] = proj[start : start + len(texts[k])]
             start += len(texts[k])
         projections["neutral"] = torch.einsum("nld,lkd->nlk", rows.float(), everyone)
+        projections["neutral_rows"], projections["neutral_where"] = rows, where
         return spaces[0], spaces[1:], projections
+
+    def with_reference(self, fit_rows, share: float | None = None) -> EmotionSpace:
+        """The same space (train means, chosen layers, temperature) with its neutral reference refitted on other
+        neutral rows ``[Nn, nL, D]``; needs the train means that :meth:`fit_passes` keeps."""
+        means, counts = self.train_means
+        share = self.meta.get("variance_explained", VARIANCE_EXPLAINED) if share is None else share
+        dirs, mu_n, sig, ks = reference_parts(means, counts, fit_rows, share)
+        meta = {**self.meta, "reference": {"n": int(len(fit_rows))}}
+        out = EmotionSpace(self.emotions, self.layers, dirs, mu_n, sig, n_components=ks, meta=meta)
+        out.chosen, out.temperature = list(self.chosen), self.temperature
+        return out
 
     def select_and_calibrate(self, val_layer_z: np.ndarray, y_val, *, width: int = 4) -> dict:
         """Choose the band by val N-way accuracy (ties: the lower layers) and fit the temperature by val NLL."""

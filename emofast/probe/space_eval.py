@@ -39,13 +39,19 @@ def evaluate_space(emotions, z: np.ndarray, y, ids, *, n_boot: int = 1000, seed:
     }
 
 
-def neutral_reference(emotions, z: np.ndarray) -> dict:
-    """Mean and spread of ``z_e`` on held-out neutral texts ``[Nn, E]`` (target: 0 ± 0.5 on every emotion)."""
+def neutral_reference(emotions, z: np.ndarray, level: float = 0.95) -> dict:
+    """Mean and spread of ``z_e`` on neutral texts ``[Nn, E]`` (target: 0 ± 0.5 on every emotion), with a
+    t interval for each mean (``ci95``) and the largest |mean| (``max_abs_mean``)."""
+    from scipy.stats import t as student_t
+
+    n = int(z.shape[0])
     mean, sd = z.mean(0), z.std(0)
+    half = student_t.ppf((1 + level) / 2, max(n - 1, 1)) * z.std(0, ddof=1) / np.sqrt(n) if n > 1 else mean * np.nan
     return {
-        "n": int(z.shape[0]),
+        "n": n,
         "mean": {e: float(mean[k]) for k, e in enumerate(emotions)},
         "sd": {e: float(sd[k]) for k, e in enumerate(emotions)},
+        "ci95": {e: [float(mean[k] - half[k]), float(mean[k] + half[k])] for k, e in enumerate(emotions)},
         "max_abs_mean": float(np.abs(mean).max()),
     }
 
