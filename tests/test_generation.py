@@ -70,9 +70,16 @@ def test_trace_readings_equal_an_uncached_forward_of_the_same_tokens(fitted):
         mine = [r for r in rows if r["prompt_id"] == str(pid)]
         real = out[pid][mask[pid].bool().tolist() + [True] * (out.shape[1] - enc.shape[1])].tolist()[: len(mine)]
         ref = _uncached_columns(model, tok, probe, real)
+        calibrated = np.array([r["calibrated"] for r in mine])
+        assert calibrated.sum() == 1 and not mine[int(np.flatnonzero(calibrated)[0]) + 1]["calibrated"]
+        assert mine[int(np.flatnonzero(calibrated)[0]) + 1]["is_generated"]  # the last prompt token
         for name in probe.column_names():
-            got = np.array([r[name] for r in mine])
-            np.testing.assert_allclose(got, ref[name], atol=2e-4, rtol=1e-3)
+            got = np.array([r[name] for r in mine], dtype=float)
+            if name.startswith("p_"):  # percentages only where the probe was calibrated
+                assert np.isnan(got[~calibrated]).all()
+                np.testing.assert_allclose(got[calibrated], ref[name][calibrated], atol=2e-4, rtol=1e-3)
+            else:
+                np.testing.assert_allclose(got, ref[name], atol=2e-4, rtol=1e-3)
 
 
 def test_last_prompt_token_reads_as_the_probe_score(fitted):
@@ -275,3 +282,36 @@ def test_steer_check_writes_its_files_and_reuses_the_same_prompts(fitted, tmp_pa
         assert (tmp_path / "sc" / name).is_file()
     assert res["verdict"]["expected_vader_sign"] == -1  # sad (left) is less pleasant than happy
     assert all(r["perplexity"] > 1 for r in rows if r["text"].strip())
+
+
+def test_trace_readings_a_person_can_read(fitted, tmp_path):
+    """Per-token readings get a neutral per-token reference (tz_ columns: neutral text reads about 0, spread 1),
+    sinks are marked and kept out of the colour scale, and the HTML of a plain prompt has valid legend swatches
+    and colours that vary over the generated tokens."""
+    import re
+
+    from emofast.generation.trace import token_reference
+    from emofast.report.steering import fig_trace, trace_html
+
+    model, tok, _, probe = fitted
+    neutral = ["The bus leaves at nine.", "Put the forms in the blue tray.", "The shop shuts at six on Sunday."]
+    ref = token_reference(model, tok, probe, neutral)
+    assert ref["_n_tokens"] > 20 and set(ref) >= {"sad_vs_happy"}
+    t = trace(model, tok, neutral, probe, max_new_tokens=4, reference=ref).to_pylist()
+    for name in ("sad_vs_happy",):
+        tz = np.array([r[f"tz_{name}"] for r in t if not r["is_sink"] and not r["is_generated"]])
+        assert abs(tz.mean()) < 0.5 and 0.5 < tz.std() < 1.5  # the reference's own texts read ~0, in sd units
+        mu, sd = ref[name]
+        r0 = t[0]
+        assert r0[f"tz_{name}"] == pytest.approx((r0[name] - mu) / sd, rel=1e-4, abs=1e-4)
+    rows = trace(model, tok, ["Describe your street."], probe, max_new_tokens=8).to_pylist()
+    assert "tz_sad_vs_happy" in rows[0] and probe.token_reference is not None  # the bundled neutral default
+    # a sink, simulated: the first token reads enormous; it must not flatten the others' colours
+    rows[0] = {**rows[0], "is_sink": True, **{k: 1e4 for k in rows[0] if k.startswith("tz_")}}
+    page = trace_html(rows)
+    for swatch in re.findall(r"class='swatch' style='background:([^;']+)", page):
+        assert re.fullmatch(r"#[0-9a-f]{8}", swatch), swatch
+    gen = re.findall(r"<span class='t gen[^']*' style='background:([^']+)'", page)
+    assert len(gen) >= 4 and len(set(gen)) > 1  # colours vary over the generated tokens
+    assert "t sink" in page and "transparent" in page.split("t sink")[1][:40]
+    assert fig_trace(rows, "0")[:4] == b"\x89PNG"

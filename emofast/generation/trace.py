@@ -21,8 +21,9 @@ import torch
 from ..capture.models import resolve_layout
 from ..capture.prompts import check_texts, render_prompts
 from .hooks import input_device, residual_hook
+from .readings import REFERENCE_TEXTS, finish_columns, reading_columns, sink_positions
 
-__all__ = ["trace", "trace_rows", "Recorder", "encode_prompts", "generation_kwargs"]
+__all__ = ["trace", "trace_rows", "token_reference", "Recorder", "encode_prompts", "generation_kwargs"]
 
 
 class Recorder:
@@ -106,6 +107,60 @@ def _read_last(model, out, mask):
         model(input_ids=seq[:, -1:], attention_mask=full, position_ids=pos, **{arg: cache})
 
 
+def token_reference(model, tok, probe, texts=None, *, chat_template=None, batch_size: int = 16) -> dict:
+    """Per-token mean and spread of each reading column on neutral text: ``{column: (mean, sd)}`` plus
+    ``"_n_tokens"``.
+
+    ``texts``: neutral user turns (default: the first :data:`REFERENCE_TEXTS` of the bundled neutral set). Every
+    real token of every rendered prompt (template tokens included: a trace reads them too) except sinks counts.
+    The result is kept on the probe (``probe.token_reference``), so a second trace with the same probe reuses it.
+    """
+    default = texts is None
+    cached = getattr(probe, "token_reference", None)
+    if cached is not None and default:
+        return cached
+    if default:
+        from ..data.pairs import bundled_path, load_jsonl
+
+        texts = [t for _, t in load_jsonl(bundled_path() / "neutral.jsonl")][:REFERENCE_TEXTS]
+    ex = probe.extraction()
+    if chat_template is None:
+        chat_template = ex.get("chat_template", True)
+    chat_template = bool(chat_template and getattr(tok, "chat_template", None) is not None)
+    system_prompt = ex.get("system_prompt") if chat_template else None
+    layers = probe.scoring_layers()
+    names = reading_columns(probe.column_names())
+    values = {c: [] for c in names}
+    with torch.inference_mode():
+        for b0 in range(0, len(texts), batch_size):
+            ids, mask = encode_prompts(
+                tok,
+                texts[b0 : b0 + batch_size],
+                chat_template=chat_template,
+                system_prompt=system_prompt,
+                device=input_device(model),
+            )
+            pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
+            with Recorder(model, probe, layers) as rec:
+                model(input_ids=ids, attention_mask=mask, position_ids=pos)
+            proj, norms = rec.stacked()  # [B, T, nL, K], [B, T, nL]
+            m = mask.cpu().bool()
+            for i in range(ids.shape[0]):
+                real = torch.nonzero(m[i]).flatten()
+                keep = real[~sink_positions(norms[i, real])]
+                col = probe.columns(proj[i, keep], norms[i, keep], layers)
+                for c in names:
+                    values[c].append(np.asarray(col[c], dtype=np.float64))
+    ref: dict = {"_n_tokens": int(sum(len(v) for v in values[names[0]])) if names else 0}
+    for c in names:
+        v = np.concatenate(values[c]) if values[c] else np.zeros(0)
+        sd = float(v.std()) if len(v) > 1 else 1.0
+        ref[c] = (float(v.mean()) if len(v) else 0.0, sd if sd > 0 else 1.0)
+    if default:
+        probe.token_reference = ref
+    return ref
+
+
 def trace(
     model,
     tok,
@@ -121,6 +176,7 @@ def trace(
     temperature: float | None = None,
     top_p: float | None = None,
     ids=None,
+    reference="neutral",
 ):
     """Generate from ``prompts`` and read ``probe`` at every token.
 
@@ -136,11 +192,17 @@ def trace(
         include_prompt: also return the prompt's own tokens (``is_generated = False``).
         batch_size: prompts per batch (default: all at once, at most 32).
         ids: a name per prompt (default ``"0"``, ``"1"``, ...).
+        reference: the per-token reference of the ``tz_`` columns (:mod:`emofast.generation.readings`):
+            ``"neutral"`` (the model's per-token readings of the bundled neutral texts, computed once per probe),
+            a dict from :func:`~emofast.generation.readings.token_reference`, or None (no ``tz_`` columns).
 
     Returns:
         A ``pyarrow.Table``, one row per token: ``prompt_id``, ``token_index`` (0 = the first prompt token; the
         template's tokens count), ``token`` (its text), ``is_generated``, then the probe's columns (for a pair
-        probe: per pair the raw score and ``p_<left>``, ``p_<right>``). Padding, and whatever follows an
+        probe: per pair the raw score and ``p_<left>``, ``p_<right>``), ``is_sink`` (an attention-sink position
+        with massive activations), ``calibrated`` (the last prompt token, where the probe was calibrated: the
+        ``p_`` columns hold numbers there only, NaN elsewhere) and per reading the ``tz_`` column (in units of
+        the model's per-token spread on neutral text, 0 = neutral). Padding, and whatever follows an
         end-of-sequence token, is dropped. The schema metadata ``generated_texts`` holds the generated texts (a
         JSON list, in prompt order).
 
@@ -167,6 +229,7 @@ def trace(
         temperature=temperature,
         top_p=top_p,
         ids=ids,
+        reference=reference,
     )
     return pa.table(rows, metadata={"generated_texts": json.dumps(texts)})
 
@@ -186,6 +249,7 @@ def trace_rows(
     temperature,
     top_p,
     ids,
+    reference="neutral",
 ):
     """:func:`trace`'s work: ``(columns dict, generated texts [N])``."""
     prompts = check_texts(prompts)
@@ -204,6 +268,7 @@ def trace_rows(
             UserWarning,
             stacklevel=3,
         )
+    at_last = ex.get("position", "last") == "last"  # where the probe's percentages were calibrated
     bs = batch_size or min(32, max(1, len(prompts)))
     kw = generation_kwargs(
         tok, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p
@@ -211,7 +276,13 @@ def trace_rows(
     layers = probe.scoring_layers()
     cols: dict[str, list] = {"prompt_id": [], "token_index": [], "token": [], "is_generated": []}
     readings: list[dict] = []
+    calibrated: list[bool] = []
+    sinks: list[bool] = []
     texts: list[str] = []
+    if isinstance(reference, str):
+        if reference != "neutral":
+            raise ValueError(f"reference must be 'neutral', a dict or None, not {reference!r}")
+        reference = token_reference(model, tok, probe, chat_template=chat_template)
     eos = {tok.eos_token_id, tok.pad_token_id} - {None}
     was_training = model.training
     model.eval()
@@ -242,6 +313,10 @@ def trace_rows(
                     continue
                 first = int(torch.nonzero(m[i]).flatten()[0])
                 pos_t = torch.tensor(positions)
+                real = torch.nonzero(m[i]).flatten().tolist() + [P + k for k in range(n_gen) if P + k < proj.shape[1]]
+                sink_of = dict(zip(real, sink_positions(norms[i, torch.tensor(real)]).tolist()))
+                sinks += [sink_of[p] for p in positions]
+                calibrated += [p == P - 1 and at_last for p in positions]
                 col = probe.columns(proj[i, pos_t], norms[i, pos_t], layers)
                 readings.append(col)
                 tokens = seq[i, pos_t].tolist()
@@ -257,4 +332,5 @@ def trace_rows(
     for name in names:
         cols[name] = np.concatenate([r[name] for r in readings]) if readings else np.zeros(0, dtype=np.float32)
     cols["token_index"] = np.asarray(cols["token_index"], dtype=np.int64)
+    finish_columns(cols, reference, calibrated, sinks)
     return cols, texts

@@ -41,14 +41,25 @@ def fig_dose_response(summary: list[dict], pair: str, left: str) -> bytes:
 
 
 def _reading_columns(rows: list[dict]) -> list[str]:
-    """The raw-score columns of a trace (a pair's name, or an emotion's ``z_`` column)."""
+    """The columns a person reads in a trace: the per-token ``tz_`` readings when the trace has them (a neutral
+    per-token reference), else the raw readings (a pair's name, or an emotion's ``z_`` column)."""
     if not rows:
         return []
+    tz = [k for k in rows[0] if k.startswith("tz_")]
+    if tz:
+        return tz
     return [k for k in rows[0] if ("_vs_" in k and ":" not in k and not k.startswith("p_")) or k.startswith("z_")]
 
 
+def _finite_range(rows: list[dict], cols: list[str]) -> float:
+    """The largest |reading| over non-sink tokens (sinks stay out of axes and colour scales)."""
+    vals = [abs(r[c]) for r in rows if not r.get("is_sink") for c in cols if np.isfinite(r[c])]
+    return max(vals, default=1.0) or 1.0
+
+
 def fig_trace(rows: list[dict], prompt_id: str) -> bytes:
-    """Readings over the tokens of one prompt (one line per pair or emotion), token strings along the axis."""
+    """Readings over the tokens of one prompt (one line per pair or emotion), token strings along the axis.
+    Sink positions (``is_sink``) are marked with a grey band and left out of the y-range."""
     mine = [r for r in rows if r["prompt_id"] == prompt_id]
     if not mine:
         raise ValueError(f"the trace has no tokens for prompt {prompt_id!r} (nothing generated and no prompt rows)")
@@ -57,46 +68,70 @@ def fig_trace(rows: list[dict], prompt_id: str) -> bytes:
         fig = new_figure(max(6.0, 0.12 * len(mine)), 3.6)
         ax = fig.subplots()
         x = np.arange(len(mine))
+        sink = np.array([bool(r.get("is_sink")) for r in mine])
         for c in cols:
-            ax.plot(x, [r[c] for r in mine], label=c, lw=1.2)
+            y = np.array([r[c] for r in mine], dtype=float)
+            y[sink] = np.nan  # a sink's reading would flatten every other token's line
+            ax.plot(x, y, label=c.removeprefix("tz_"), lw=1.2)
+        for k in np.flatnonzero(sink):
+            ax.axvspan(k - 0.5, k + 0.5, color="grey", alpha=0.25, lw=0)
+        lim = 1.05 * _finite_range(mine, cols)
+        ax.set_ylim(-lim, lim)
         first_gen = next((i for i, r in enumerate(mine) if r["is_generated"]), None)
         if first_gen is not None:
             ax.axvline(first_gen - 0.5, color="grey", ls=":", lw=1)
         ax.axhline(0, color="black", lw=0.6)
         ax.set_xticks(x)
         ax.set_xticklabels([r["token"].replace("\n", "\\n") for r in mine], rotation=90, fontsize=6)
-        ax.set_ylabel("reading (positive = left side)")
-        ax.set_title(f"prompt {prompt_id}: readings per token (dotted line: generation starts)")
+        unit = "neutral per-token sd; 0 = neutral" if cols and cols[0].startswith("tz_") else "raw score"
+        ax.set_ylabel(f"reading ({unit})\npositive = left side")
+        ax.set_title(
+            f"prompt {prompt_id}: readings per token (dotted: generation starts; grey: attention-sink positions, "
+            "not drawn)",
+            fontsize=8,
+        )
         ax.legend(fontsize=7, ncol=2)
         return png_bytes(fig)
 
 
 def trace_html(rows: list[dict], title: str = "emofast trace") -> str:
     """A self-contained page: each prompt's tokens, coloured by the reading that leads at that token (its
-    strength as the colour's opacity), the readings in each token's tooltip."""
+    strength as the colour's opacity, scaled over the non-sink tokens), the readings in each token's tooltip;
+    sink positions are outlined and uncoloured."""
     cols = _reading_columns(rows)
     palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
     colour = {c: palette[i % len(palette)] for i, c in enumerate(cols)}
-    scale = max((abs(r[c]) for r in rows for c in cols if np.isfinite(r[c])), default=1.0) or 1.0
+    scale = _finite_range(rows, cols)
     out = [
         f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>",
         "<style>body{font:14px/1.7 sans-serif;max-width:60em;margin:2em auto}span.t{border-radius:3px}"
-        ".gen{border-bottom:2px solid #999}</style>",
+        ".gen{border-bottom:2px solid #999}.sink{outline:1px dashed #888}</style>",
         f"<h1>{html.escape(title)}</h1><p>",
     ]
-    out += [f"<span style='background:{c}33;padding:0 4px'>{html.escape(c)}</span> " for c in cols]
+    out += [
+        f"<span class='swatch' style='background:{colour[c]}55;padding:0 4px'>{html.escape(c.removeprefix('tz_'))}"
+        "</span> "
+        for c in cols
+    ]
+    unit = "in units of the model's per-token spread on neutral text" if cols and cols[0].startswith("tz_") else ""
     out.append(
-        "</p><p>Background: the reading with the largest magnitude at that token (opacity: its size); "
-        "underlined: generated tokens.</p>"
+        f"</p><p>Background: the reading with the largest magnitude at that token (opacity: its size {unit}); "
+        "underlined: generated tokens; dashed outline: attention-sink positions (massive activations), left out of "
+        "the colour scale. Percentages are shown only where the probe was calibrated (the last prompt token).</p>"
     )
     for pid in dict.fromkeys(r["prompt_id"] for r in rows):
         out.append(f"<h2>prompt {html.escape(str(pid))}</h2><p>")
         for r in (r for r in rows if r["prompt_id"] == pid):
-            lead = max(cols, key=lambda c: abs(r[c])) if cols else None
+            finite = [c for c in cols if np.isfinite(r[c])]
+            lead = max(finite, key=lambda c: abs(r[c])) if finite and not r.get("is_sink") else None
             alpha = min(1.0, abs(r[lead]) / scale) if lead else 0
-            tip = "; ".join(f"{c}={r[c]:+.3f}" for c in cols)
+            tip = "; ".join(f"{c.removeprefix('tz_')}={r[c]:+.3f}" for c in cols)
+            pct = [k for k in r if (k.startswith("p_") or ":p_" in k) and np.isfinite(r[k])]
+            if r.get("calibrated") and pct:
+                tip += " | " + "; ".join(f"{k}={100 * r[k]:.0f}%" for k in pct)
             bg = f"{colour[lead]}{int(alpha * 255):02x}" if lead else "transparent"
             cls = "t gen" if r["is_generated"] else "t"
+            cls += " sink" if r.get("is_sink") else ""
             out.append(
                 f"<span class='{cls}' style='background:{bg}' title='{html.escape(tip)}'>"
                 f"{html.escape(r['token'])}</span>"
