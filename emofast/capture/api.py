@@ -124,6 +124,7 @@ def extract(
 
 def _run(model, tokenizer, texts, reducer, opts, blocks, final_norm, stats):
     backend = _backend(model)
+    reducer.model_name = model_id(model)
     if backend is not None:
         result = backend.run_pass(tokenizer, texts, reducer, opts)
     else:

@@ -32,6 +32,8 @@ __all__ = [
     "model_id",
     "model_dtype",
     "num_layers",
+    "auto_dtype",
+    "native_bf16",
 ]
 
 DEFAULT_MODEL = "smollm2"
@@ -306,10 +308,22 @@ class _quiet_loading:
 
 
 def auto_dtype(device: torch.device) -> torch.dtype:
-    """fp32 on CPU; bf16 on GPUs that support it; fp16 otherwise (e.g. a T4)."""
+    """fp32 on CPU; bf16 on GPUs with native bf16 (compute capability 8.0 on); fp16 otherwise (e.g. a T4, sm_75).
+
+    Native support only: ``torch.cuda.is_bf16_supported()`` also counts emulation and says True on a T4, where bf16
+    runs emulated (slowly) in the HF backend and vLLM refuses it.
+    """
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if native_bf16() else torch.float16
     return torch.float32
+
+
+def native_bf16() -> bool:
+    """Whether the current CUDA device computes in bf16 natively (compute capability 8.0 on; never emulation)."""
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # a torch without the argument
+        return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
 
 
 _DTYPES = {

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .models import model_id
 from .prompts import check_texts, render_prompts, tokenize
 
 __all__ = [
@@ -255,15 +256,26 @@ def check_finite(checks, layers, model):
     if bool(flags.all()):
         return
     slot = checks[int((~flags).nonzero()[0, 0])][0]
-    raise NonFiniteError(non_finite_message(layers[slot], next(model.parameters()).dtype))
+    raise NonFiniteError(non_finite_message(layers[slot], next(model.parameters()).dtype, model_id(model)))
 
 
-def non_finite_message(layer: int, dtype) -> str:
-    """The :class:`NonFiniteError` message for an inf/NaN at ``layer`` with hidden states of ``dtype``."""
-    return (
-        f"non-finite activations (inf/NaN) at layer {layer} with the model in {dtype}; this is usually "
-        "fp16 overflow: load the model with dtype='bfloat16' (GPUs from Ampere on) or dtype='float32'"
-    )
+def non_finite_message(layer: int, dtype, model: str | None = None) -> str:
+    """The :class:`NonFiniteError` message for an inf/NaN at ``layer`` of ``model`` (its name) in ``dtype``, with
+    the advice that fits the dtype (fp16 is the T4 case: no native bf16 there)."""
+    where = f"layer {layer}" + (f" of {model}" if model else "")
+    head = f"non-finite activations (inf/NaN) at {where} with the model in {dtype}"
+    if dtype == torch.float16:
+        advice = (
+            "this is fp16 overflow (fp16 ends at 65504): load the model with dtype='float32' (--dtype float32) "
+            "where it fits; a model too big for one GPU in fp32 (7B: ~29 GB) can be spread over several with "
+            "device_map='auto' (--device-map auto), e.g. the two T4s; dtype='bfloat16' only on GPUs with native "
+            "bf16 (compute capability 8.0 on, not a T4); or probe earlier layers only"
+        )
+    elif dtype == torch.bfloat16:
+        advice = "bf16 has fp32's range, so this is seldom overflow: try dtype='float32', and check the inputs"
+    else:
+        advice = "not an fp16 overflow: the model itself produced them (check its weights and inputs)"
+    return f"{head}; {advice}"
 
 
 def progress(enabled: bool, total: int, desc: str):

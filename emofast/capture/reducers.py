@@ -145,16 +145,17 @@ def _flag_finite(buf: torch.Tensor, cell: torch.Tensor) -> None:
     cell.copy_(torch.isfinite(buf).all())
 
 
-def _raise_non_finite(vectors: torch.Tensor, layers, dtype) -> None:
-    """``vectors [nL, ...]`` hold an inf/NaN: raise naming the first such layer."""
+def _raise_non_finite(vectors: torch.Tensor, layers, dtype, model: str | None = None) -> None:
+    """``vectors [nL, ...]`` hold an inf/NaN: raise naming the first such layer (and the model, when known)."""
     bad = (~torch.isfinite(vectors.reshape(vectors.shape[0], -1))).any(dim=1)
-    raise NonFiniteError(non_finite_message(layers[int(bad.nonzero()[0, 0])], dtype))
+    raise NonFiniteError(non_finite_message(layers[int(bad.nonzero()[0, 0])], dtype, model))
 
 
 class _Reducer:
     """Pickles (to and from vLLM worker processes) without its per-batch buffers, which unpickling rebuilds."""
 
     _TRANSIENT = ("_vec", "_copy", "_on", "_out", "_proj", "_norms", "_res")
+    model_name: str | None = None  # named in a NonFiniteError; set by emofast.api before a pass
 
     def __getstate__(self):
         state = {k: v for k, v in vars(self).items() if k not in self._TRANSIENT}
@@ -207,7 +208,7 @@ class RowsReducer(_Reducer):
             flat = self._copy(vec.flat).numpy()
             rows, finite = flat[: buf.numel()].reshape(buf.shape), flat[-1] == 1.0
         if not finite:
-            _raise_non_finite(torch.from_numpy(rows), self.layers, vec.dtype)
+            _raise_non_finite(torch.from_numpy(rows), self.layers, vec.dtype, self.model_name)
         if self.out is None:
             self.out = torch.empty(self.n, len(self.layers), buf.shape[-1], dtype=torch.float32)
             self._out = self.out.numpy()
@@ -266,7 +267,7 @@ class ClassSumReducer(_Reducer):
         if self._sums is None and self._acc is not None:
             acc = self._acc.cpu()
             if not bool(torch.isfinite(acc).all()):
-                _raise_non_finite(acc, self.layers, self._dtype)
+                _raise_non_finite(acc, self.layers, self._dtype, self.model_name)
             self._sums = acc.transpose(0, 1).contiguous()
         return self._sums
 
@@ -329,7 +330,7 @@ class ProjectionReducer(_Reducer):
         _flag_finite(buf, flag)
         host = flat_np if flat_np is not None else self._copy(flat).numpy()  # host work in numpy (RowsReducer.end)
         if host[-1] != 1.0:
-            _raise_non_finite(buf.cpu(), self.layers, self._vec.dtype)
+            _raise_non_finite(buf.cpu(), self.layers, self._vec.dtype, self.model_name)
         idx = np.asarray(batch.index)
         self._proj[idx] = host[: n_l * b * k].reshape(n_l, b, k).transpose(1, 0, 2)
         self._norms[idx] = host[n_l * b * k : -1].reshape(n_l, b).T
