@@ -3,6 +3,7 @@ process. Each test monkeypatches what a GPU machine would report and checks emof
 
 from __future__ import annotations
 
+import sys
 import types
 
 import pytest
@@ -69,3 +70,70 @@ def test_fp16_overflow_names_layer_and_model_with_t4_advice(fn):
     msg = str(info.value)
     assert "layer 2 of org/tiny-llama" in msg and "torch.float16" in msg
     assert "dtype='float32'" in msg and "--device-map auto" in msg and "not a T4" in msg
+
+
+# ------------------------------------------------------------------------------- vLLM's engine in another process
+
+
+class _FakeLLM:
+    """Stands in for ``vllm.LLM``: records the environment the engine process would inherit."""
+
+    built: list = []
+
+    def __init__(self, model, **kwargs):
+        import os
+
+        self.env = os.environ.get("VLLM_ALLOW_INSECURE_SERIALIZATION")
+        _FakeLLM.built.append(self)
+        ns = types.SimpleNamespace
+        self.llm_engine = ns(
+            vllm_config=ns(
+                model_config=ns(max_model_len=512, enforce_eager=kwargs["enforce_eager"]),
+                scheduler_config=ns(
+                    max_num_seqs=8,
+                    max_num_batched_tokens=2048,
+                    enable_chunked_prefill=kwargs["enable_chunked_prefill"],
+                ),
+            )
+        )
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch, tmp_path):
+    """A ``vllm`` package that is only an LLM class (this venv has no vLLM), and a tiny model folder."""
+    module = types.ModuleType("vllm")
+    module.LLM = _FakeLLM
+    envs = types.ModuleType("vllm.envs")
+    envs.VLLM_ALLOW_INSECURE_SERIALIZATION = False
+    module.envs = envs
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    monkeypatch.setitem(sys.modules, "vllm.envs", envs)
+    monkeypatch.setattr(_FakeLLM, "built", [])
+    monkeypatch.delenv("VLLM_ALLOW_INSECURE_SERIALIZATION", raising=False)
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    tiny.model("llama").save_pretrained(tmp_path)
+    tiny.tokenizer().save_pretrained(tmp_path)
+    return tmp_path
+
+
+def test_vllm_backend_sets_up_function_transfer_without_the_user(fake_vllm):
+    """Nothing set by the user (vLLM's default: engine in another process): load_model sets the variable before
+    the LLM is built, so the engine process inherits it."""
+    import os
+
+    model, tok = emofast.load_model(str(fake_vllm), backend="vllm", dtype="float32")
+    assert _FakeLLM.built[0].env == "1"
+    assert os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] == "1"
+    assert model.max_prompt_len == 511 and tok.padding_side == "left"
+
+
+def test_vllm_backend_keeps_the_users_setting(fake_vllm, monkeypatch):
+    monkeypatch.setenv("VLLM_ALLOW_INSECURE_SERIALIZATION", "0")
+    with pytest.raises(ValueError, match=r"VLLM_ALLOW_INSECURE_SERIALIZATION=0.*VLLM_ENABLE_V1_MULTIPROCESSING"):
+        emofast.load_model(str(fake_vllm), backend="vllm", dtype="float32")
+    assert not _FakeLLM.built  # refused before any weights load
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine: nothing is shipped
+    with pytest.raises(ValueError, match="tensor_parallel_size=2"):
+        emofast.load_model(str(fake_vllm), backend="vllm", dtype="float32", tensor_parallel_size=2)
+    emofast.load_model(str(fake_vllm), backend="vllm", dtype="float32")
+    assert _FakeLLM.built[-1].env == "0"

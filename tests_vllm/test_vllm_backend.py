@@ -309,7 +309,7 @@ _MULTIPROCESS = textwrap.dedent(
 
 def test_engine_in_another_process_with_tensor_parallelism(model_dirs, loaded, tmp_path, parity):
     """The multiprocess engine (and, on 2+ cores, two tensor-parallel workers): the hooks and the reducer are
-    shipped to other processes, the results come back from rank 0."""
+    shipped to other processes, the results come back from rank 0; the user sets no serialization variable."""
     cpus = sorted(os.sched_getaffinity(0))
     tp = 2 if len(cpus) >= 2 else 1
     script = tmp_path / "mp.py"
@@ -317,9 +317,9 @@ def test_engine_in_another_process_with_tensor_parallelism(model_dirs, loaded, t
     env = dict(
         os.environ,
         VLLM_ENABLE_V1_MULTIPROCESSING="1",
-        VLLM_ALLOW_INSECURE_SERIALIZATION="1",
         VLLM_CPU_OMP_THREADS_BIND="|".join(map(str, cpus[:tp])),  # one core per worker
     )
+    env.pop("VLLM_ALLOW_INSECURE_SERIALIZATION", None)  # load_model sets it up itself (as a GPU user would need)
     out = tmp_path / "out.pt"
     run = subprocess.run(
         [sys.executable, str(script), str(model_dirs["llama"]), str(out), str(tp)],

