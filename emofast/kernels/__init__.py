@@ -7,10 +7,23 @@
 * ``EMOFAST_KERNEL=torch|cpp|triton`` forces one implementation for every call.
 
 Fail-safe: the first call of each kernel variant (kernel, device, x dtype, weights or not, directions dtype,
-deterministic, accumulate) on a device also runs the torch reference on that call's data and compares (tolerance
-from x's dtype). Any exception (a compile error, ``OutOfResources``, an invalid device image, a failed launch)
-or a mismatch, on that call or a later one, gives one ``RuntimeWarning`` naming the cause, and torch serves every
-later call of the process. With ``EMOFAST_KERNEL`` set, an exception or a mismatch raises instead.
+deterministic, accumulate) on a device waits for the kernel to finish (so that an asynchronous fault surfaces
+inside the check), then runs the torch reference on that call's gathered rows (at most ``CHECK_ELEMENTS`` values:
+a larger call is checked on an evenly spaced sample of its rows, through a second kernel call on them) and
+compares (tolerance from x's dtype and, for fp32 on CUDA, torch's matmul precision: TF32 rounds at ~1e-3). Any
+exception (a compile error, ``OutOfResources``, an invalid device image, a failed launch) or a mismatch, on that
+call or a later one, gives one ``RuntimeWarning`` naming the cause, and torch serves every later call of the
+process. With ``EMOFAST_KERNEL`` set, an exception or a mismatch raises instead.
+
+Two kinds of error are not the kernel's to take over:
+
+* a **device fault** (an illegal or misaligned address, an unspecified launch failure, a device-side assert...)
+  leaves the process's CUDA context unusable: nothing can run on that GPU again in this process, torch included.
+  It raises :class:`DeviceFaultError` naming the kernel variant; the process has to end (rerun with
+  ``EMOFAST_KERNEL=torch`` to keep the kernel out). The first-call check exists to meet every other failure
+  before real work depends on the kernel;
+* **out of memory**: in the kernel call itself it is raised as is (the engine halves the batch, as for any
+  batch); inside the check it only makes the check's sample smaller (it never halves the caller's batch).
 
 Nothing here imports triton or the compiled extension until a kernel is first needed.
 
@@ -33,7 +46,18 @@ import torch
 
 from .reference import check_select_reduce_args, select_reduce_reference
 
-__all__ = ["available", "select_reduce", "select_reduce_reference", "choose", "disabled", "tolerance", "KERNEL_ENV"]
+__all__ = [
+    "available",
+    "select_reduce",
+    "select_reduce_reference",
+    "choose",
+    "disabled",
+    "tolerance",
+    "is_device_fault",
+    "DeviceFaultError",
+    "KERNEL_ENV",
+    "CHECK_ELEMENTS",
+]
 
 KERNEL_ENV = "EMOFAST_KERNEL"
 _NAMES = ("torch", "cpp", "triton")
@@ -47,6 +71,67 @@ _disabled: dict[str, str] = {}  # kernel -> why it was turned off at run time (t
 # fp32, so they differ from the reference by summation order only; these leave room for that and for tf32
 # products, and catch garbage, missing rows and zeros.
 _RTOL = {torch.float32: 1e-4, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+# fp32 matmuls on CUDA round their inputs when torch allows it: TF32 keeps 10 of fp32's 23 mantissa bits (each
+# product off by up to ~2^-10 of its magnitude), bf16 ("medium") 7. The reference's projections are such matmuls.
+_MATMUL_RTOL = {"high": 2e-3, "medium": 8e-3}
+# Values of x the first-call check gathers at most (rows x D): 16M, 64 MB in fp32 (the check's transient copies
+# are about three times that). A larger call is checked on an evenly spaced sample of its rows.
+CHECK_ELEMENTS = 1 << 24
+_CHECK_MIN_ROWS = 16
+# Substrings of CUDA errors after which the context is unusable ("sticky" errors): no fallback can run.
+_DEVICE_FAULTS = (
+    "illegal memory access",
+    "illegal address",
+    "misaligned address",
+    "unspecified launch failure",
+    "illegal instruction",
+    "device-side assert",
+    "hardware stack error",
+    "invalid program counter",
+    "uncorrectable ecc",
+    "launch timed out",
+    "cuda_error_illegal_address",
+    "cuda_error_misaligned_address",
+    "cuda_error_launch_failed",
+)
+
+
+class DeviceFaultError(RuntimeError):
+    """A kernel faulted on the GPU (e.g. an illegal memory access): the process's CUDA context is unusable, so no
+    fallback can run; end the process (rerun with ``EMOFAST_KERNEL=torch`` to leave the kernel out)."""
+
+
+def is_device_fault(exc: BaseException) -> bool:
+    """Whether ``exc`` is a CUDA error that leaves the context unusable (an illegal or misaligned address, an
+    unspecified launch failure, an illegal instruction, a device-side assert, an ECC error, a launch timeout).
+
+    Example:
+        >>> is_device_fault(RuntimeError("CUDA error: an illegal memory access was encountered"))
+        True
+        >>> is_device_fault(RuntimeError("device kernel image is invalid"))
+        False
+    """
+    text = str(exc).lower()
+    return any(f in text for f in _DEVICE_FAULTS)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for the device's work (CUDA launches are asynchronous: a fault shows at the next sync)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _fatal(key: tuple, exc: BaseException) -> DeviceFaultError:
+    return DeviceFaultError(
+        f"emofast: FATAL: the {_describe(key)} faulted on the device: {type(exc).__name__}: {str(exc)[:300]}. A "
+        "device fault leaves this process's CUDA context unusable, so no fallback (torch included) can run on this "
+        f"GPU again: the process has to end. Rerun with {KERNEL_ENV}=torch to leave the kernel out, and report "
+        "the kernel variant above."
+    )
 
 
 def _load(name: str):
@@ -136,9 +221,24 @@ def disabled() -> dict[str, str]:
     return dict(_disabled)
 
 
-def tolerance(dtype: torch.dtype) -> float:
-    """Relative tolerance of the first-call check for hidden states of ``dtype`` (see ``_RTOL``)."""
-    return _RTOL.get(dtype, 1e-4)
+def tolerance(dtype: torch.dtype, device=None) -> float:
+    """Relative tolerance of the first-call check for hidden states of ``dtype`` on ``device``.
+
+    From the dtype (``_RTOL``); for fp32 on CUDA, no tighter than torch's fp32 matmul precision allows
+    (``torch.backends.cuda.matmul.allow_tf32`` / ``torch.set_float32_matmul_precision``: TF32 2e-3, bf16 8e-3),
+    since the reference's products round that way, so that a TF32 GPU does not turn Triton off for fp32 models.
+
+    Example:
+        >>> tolerance(torch.float16), tolerance(torch.float32, "cpu")
+        (0.001, 0.0001)
+    """
+    rtol = _RTOL.get(dtype, 1e-4)
+    if dtype == torch.float32 and device is not None and torch.device(device).type == "cuda":
+        precision = torch.get_float32_matmul_precision()
+        if precision == "highest" and torch.backends.cuda.matmul.allow_tf32:
+            precision = "high"
+        rtol = max(rtol, _MATMUL_RTOL.get(precision, rtol))
+    return rtol
 
 
 def select_reduce(
@@ -185,6 +285,10 @@ def select_reduce(
     try:
         return fn(*args, out=out, proj_out=proj_out, **kw)
     except Exception as exc:  # noqa: BLE001 - any kernel failure falls back to torch (module docstring)
+        if is_device_fault(exc):
+            raise _fatal(key, exc) from exc
+        if _is_oom(exc):
+            raise  # the batch's, not the kernel's: the engine halves the batch
         _give_up(name, key, f"{type(exc).__name__}: {exc}")
         # A launch that raised wrote nothing into `out` (its zeroing aside, which the reference redoes).
         return select_reduce_reference(*args, out=out, proj_out=proj_out, **kw)
@@ -229,39 +333,40 @@ def _mismatch(got, ref, bound, rtol: float, what: str) -> str | None:
 
 
 def _first_call(name, fn, key, forced, args, out, proj_out, kw):
-    """Run kernel ``name`` and the reference on this call's data; keep the kernel if they agree (see the module
-    docstring for what happens if not)."""
-    x, batch_index, token_index, labels, num_classes = args
-    start = out.clone() if (out is not None and kw["accumulate"]) else None
+    """Run kernel ``name`` on this call and wait for it; check it against the reference on (a sample of) the
+    call's rows; keep the kernel if they agree (see the module docstring for what happens if not)."""
+    x = args[0]
+    start = out.clone() if (out is not None and kw["accumulate"]) else None  # [C, D]: per text, not per row
     try:
         sums, proj = fn(*args, out=out, proj_out=proj_out, **kw)
+        _sync(x.device)  # an asynchronous fault surfaces here, inside the check, not in a later host copy
         cause = None
     except Exception as exc:  # noqa: BLE001 - reported below
+        if is_device_fault(exc):
+            raise _fatal(key, exc) from exc
+        if _is_oom(exc):
+            raise  # the batch's, not the kernel's: the engine halves the batch
         if forced:
             raise
         sums = proj = None
         cause = f"{type(exc).__name__}: {exc}"
     if cause is None:
-        # The reference raises on bad input (out-of-range rows), which is the caller's error, not the kernel's.
-        ref_out = None if start is None else start.clone()
-        ref_sums, ref_proj = select_reduce_reference(*args, **{**kw, "deterministic": True}, out=ref_out)
-        w, d = kw["weights"], kw["directions"]
-        bound_sums, bound_proj = select_reduce_reference(
-            x.abs(),
-            batch_index,
-            token_index,
-            labels,
-            num_classes,
-            weights=None if w is None else w.abs(),
-            directions=None if d is None else d.abs(),
-            deterministic=True,
-        )
-        if start is not None:
-            bound_sums = bound_sums + start.abs()
-        rtol = tolerance(x.dtype)
-        cause = _mismatch(sums, ref_sums, bound_sums, rtol, "sums") or _mismatch(
-            proj, ref_proj, bound_proj, rtol, "projections"
-        )
+        budget = CHECK_ELEMENTS
+        while True:
+            try:
+                cause = _check(fn, args, kw, start, sums, proj, budget)
+                break
+            except Exception as exc:  # noqa: BLE001 - sorted below
+                if is_device_fault(exc):
+                    raise _fatal(key, exc) from exc
+                if not _is_oom(exc):
+                    raise  # the reference raises on bad input (out-of-range rows): the caller's error
+                if x.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                rows = budget // x.shape[-1]
+                if rows <= _CHECK_MIN_ROWS:  # no room even for a few rows: check again on a later call
+                    return sums, proj
+                budget = max(_CHECK_MIN_ROWS, rows // 4) * x.shape[-1]
         if cause is None:
             with _lock:
                 _verified.add(key)
@@ -272,3 +377,49 @@ def _first_call(name, fn, key, forced, args, out, proj_out, kw):
     if start is not None:
         out.copy_(start)
     return select_reduce_reference(*args, out=out, proj_out=proj_out, **kw)
+
+
+def _check(fn, args, kw, start, sums, proj, budget: int) -> str | None:
+    """Why the kernel's ``(sums, proj)`` for ``args`` are wrong, or None.
+
+    Memory is bounded by the gathered rows (at most ``budget`` values of x, never the whole ``[B, T, D]``): the
+    reference runs on the rows gathered once (in x's dtype), and the bound on the same rows made absolute in
+    place. A call with more rows than the budget allows is checked on an evenly spaced sample of them (first and
+    last rows included, labels renumbered), through a second kernel call on the sample alone.
+    """
+    x, batch_index, token_index, labels, num_classes = args
+    r, d = batch_index.shape[0], x.shape[-1]
+    w, dirs = kw["weights"], kw["directions"]
+    m = min(r, max(_CHECK_MIN_ROWS, budget // max(d, 1)))
+    if m < r:
+        pick = torch.linspace(0, r - 1, m, device=batch_index.device).round().long()
+        classes, labels = torch.unique(labels[pick], return_inverse=True)
+        batch_index, token_index, num_classes = batch_index[pick], token_index[pick], classes.numel()
+        w = None if w is None else w[pick]
+        start = None if start is None else start[classes]
+        got_out = None if start is None else start.clone()
+        sums, proj = fn(x, batch_index, token_index, labels, num_classes, **{**kw, "weights": w}, out=got_out)
+        _sync(x.device)
+    rows = x[batch_index, token_index][None]  # [1, m, D]: the only copy of x's values the check makes
+    flat_b = torch.zeros_like(batch_index)
+    flat_t = torch.arange(batch_index.shape[0], device=batch_index.device)
+    ref_out = None if start is None else start.clone()
+    ref_sums, ref_proj = select_reduce_reference(
+        rows, flat_b, flat_t, labels, num_classes, weights=w, directions=dirs, out=ref_out, accumulate=start is not None
+    )
+    bound_sums, bound_proj = select_reduce_reference(
+        rows.abs_(),
+        flat_b,
+        flat_t,
+        labels,
+        num_classes,
+        weights=None if w is None else w.abs(),
+        directions=None if dirs is None else dirs.abs(),
+    )
+    del rows
+    if start is not None:
+        bound_sums += start.abs()
+    rtol = tolerance(x.dtype, x.device)
+    return _mismatch(sums, ref_sums, bound_sums, rtol, "sums") or _mismatch(
+        proj, ref_proj, bound_proj, rtol, "projections"
+    )
