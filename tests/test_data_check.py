@@ -127,7 +127,8 @@ def test_a_planted_sentence_shape_is_reported(tmp_path, extra, cue):
     r = check_dataset(write(tmp_path, left_extra=extra))
     s = r["pairs"]["glum_vs_glad"]["splits"]["test"]
     assert s["shape_auroc"][cue] == 1.0 and family_max(s)["shape"] == 1.0
-    assert any(f"test: the sentence shape '{cue}' alone separates" in w for w in r["warnings"])
+    what = "the number of sentences" if cue == "sentences" else f"the sentence shape '{cue}'"
+    assert any(f"test: {what} alone separates" in w for w in r["warnings"])
     assert all(v == 0.5 for c, v in s["auroc"].items() if c not in ("length", "first_person"))
 
 
@@ -138,7 +139,7 @@ def test_a_planted_sentence_start_is_reported(tmp_path):
     r = check_dataset(write(tmp_path, edit=edit))
     s = r["pairs"]["glum_vs_glad"]["splits"]["train"]
     assert s["shape_auroc"]["starts:then"] == 1.0 and s["initial_words"]["then"]["rate"] == {"glum": 1.0, "glad": 0.0}
-    assert any("train: sentences starting with 'then' alone separate" in w for w in r["warnings"])
+    assert any("train: the sentence start 'then' alone separates" in w for w in r["warnings"])
 
 
 def test_label_words_are_scored_alike_for_both_sides(tmp_path):

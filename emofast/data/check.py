@@ -116,14 +116,17 @@ def _split_warnings(name: str, split: str, s: dict, left: str, right: str) -> li
         if v > WARN_AUROC:
             if cue.startswith("starts:"):
                 r = s["initial_words"][cue[7:]]["rate"]
-                what = f"sentences starting with '{cue[7:]}'"
+                what = f"the sentence start '{cue[7:]}'"
+                where = f"starting a sentence in {r[left]:.0%} of {left} and {r[right]:.0%} of {right} texts"
+            elif cue == "sentences":
+                m = s["mean_sentences"]
+                what = "the number of sentences"
+                where = f"{m[left]:.1f} per {left} text, {m[right]:.1f} per {right} text"
             else:
                 r = s["shape_rates"][cue]
                 what = f"the sentence shape '{cue}'"
-            out.append(
-                f"{name} {split}: {what} alone separates the sides (AUROC {v:.3f} > {WARN_AUROC}; "
-                f"in {r[left]:.0%} of {left} and {r[right]:.0%} of {right} texts)"
-            )
+                where = f"in {r[left]:.0%} of {left} and {r[right]:.0%} of {right} texts"
+            out.append(f"{name} {split}: {what} alone separates the sides (AUROC {v:.3f} > {WARN_AUROC}; {where})")
     for w, d in s["words"].items():
         if d["p"] < WORD_P or d["auroc"] > WARN_AUROC:
             out.append(

@@ -64,9 +64,11 @@ class EmotionDataset:
         return ids, texts, labels
 
     def counts(self) -> dict:
-        return {e: {s: len(v) for s, v in self.texts[e].items()} for e in self.emotions} | {
-            "neutral": {s: len(v) for s, v in self.neutral.items()}
-        } | ({"neutral_ood": {s: len(v) for s, v in self.neutral_ood.items()}} if self.neutral_ood else {})
+        return (
+            {e: {s: len(v) for s, v in self.texts[e].items()} for e in self.emotions}
+            | {"neutral": {s: len(v) for s, v in self.neutral.items()}}
+            | ({"neutral_ood": {s: len(v) for s, v in self.neutral_ood.items()}} if self.neutral_ood else {})
+        )
 
 
 def _split_single(rows: list) -> dict:
