@@ -244,7 +244,8 @@ def test_contrast_split_fools_the_lexical_baseline_and_keeps_label_word_rules(tm
     assert any({d["split_a"], d["split_b"]} == {"train", "contrast"} for d in r["near_duplicates"])
     assert main(["data", "check", str(root), "--out", str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out
-    assert "contrast" in out and "Lexical baseline" in (tmp_path / "o" / "check.md").read_text()
+    md = (tmp_path / "o" / "check.md").read_text()
+    assert "contrast" in out and "Lexical baseline" in md and "| contrast | " in md and "always" in md
 
 
 def test_neutral_sets_against_the_pair_texts(tmp_path):

@@ -74,6 +74,17 @@ def markdown(report: dict) -> str:
             rates = " | ".join(f"{sd['rates'][c][L]:.0%} / {sd['rates'][c][R]:.0%}" for c in CUES)
             ms = sd["mean_sentences"]
             out.append(f"| {s} | {rates} | {ms[L]:.1f} / {ms[R]:.1f} |")
+        words = list(next(iter(sp.values()))["words"])
+        out += [
+            "",
+            "Single words, texts with the word (L / R):",
+            "",
+            "| split | " + " | ".join(words) + " |",
+            "|---|" + "---:|" * len(words),
+        ]
+        for s in splits:
+            wd = sp[s]["words"]
+            out.append(f"| {s} | " + " | ".join(f"{wd[w]['n_left']} / {wd[w]['n_right']}" for w in words) + " |")
         lx = e["lexical"]
         evals = [s for s in ("test", "ood", "contrast", "contrast_train") if f"{s}_balanced_accuracy" in lx]
         out += [
