@@ -12,7 +12,12 @@ the default system prompt. Each case is timed ``--repeat`` times per backend, th
 warm-up on 8 texts; best times kept. vLLM's prefix cache is emptied before each run (it shares the system
 prompt within a run, as the HF engine does). Both backends use the same threads (``OMP_NUM_THREADS``, default:
 every core). The table also gives the max abs difference between the backends' vectors, and their largest
-magnitude; a last line times the same prompts through ``LLM.generate`` alone (no capture).
+magnitude.
+
+What a vLLM user already has: plain vLLM prefill of the same token ids (``LLM.generate``, ``max_tokens=1``, no
+hooks) runs in the same rounds as the first case (last token, all layers), so that one run gives the three
+ratios: emofast-through-vLLM / plain vLLM (the capture's cost inside vLLM), emofast-through-vLLM / emofast HF,
+and plain vLLM / emofast HF.
 """
 
 from __future__ import annotations
@@ -113,17 +118,26 @@ def main(argv=None) -> int:
     print(
         f"{'case':24s} {'HF texts/s':>11s} {'vLLM texts/s':>13s} {'vLLM/HF':>8s} {'max abs diff':>13s} {'max |x|':>8s}"
     )
+    from vllm import SamplingParams
+
+    params = SamplingParams(max_tokens=1, temperature=0.0, detokenize=False)
+    by_text = {x: {"prompt_token_ids": ids} for x, ids in zip(texts, encodings)}  # a text -> its token ids
+    plain_t = None
     rows = []
-    for name, kw in cases.items():
-        best = best_times(
-            {
-                "hf": (lambda x, kw=kw: emofast.extract(hf, hf_tok, x, **kw), None),
-                # vLLM's prefix cache emptied before each run: it shares prefixes within a run, as HF does.
-                "vllm": (lambda x, kw=kw: emofast.extract(vm, v_tok, x, **kw), vm.llm.reset_prefix_cache),
-            },
-            texts,
-            args.repeat,
-        )
+    for j, (name, kw) in enumerate(cases.items()):
+        runs = {
+            "hf": (lambda x, kw=kw: emofast.extract(hf, hf_tok, x, **kw), None),
+            # vLLM's prefix cache emptied before each run: it shares prefixes within a run, as HF does.
+            "vllm": (lambda x, kw=kw: emofast.extract(vm, v_tok, x, **kw), vm.llm.reset_prefix_cache),
+        }
+        if j == 0:  # plain vLLM prefill of the same token ids, in the same rounds
+            runs["plain"] = (
+                lambda x: vm.llm.generate([by_text[s] for s in x], params, use_tqdm=False),
+                vm.llm.reset_prefix_cache,
+            )
+        best = best_times(runs, texts, args.repeat)
+        if j == 0:
+            plain_t = best["plain"][0]
         (t_hf, a), (t_v, b) = best["hf"], best["vllm"]
         row = {
             "case": name,
@@ -138,18 +152,22 @@ def main(argv=None) -> int:
             f"{name:24s} {row['hf_texts_per_s']:11.1f} {row['vllm_texts_per_s']:13.1f} {row['speedup']:7.2f}x "
             f"{row['max_abs_diff']:13.2e} {row['max_abs_value']:8.1f}"
         )
-    # The same prompts through vLLM alone (no hooks): what the capture adds to vLLM's own work.
-    from vllm import SamplingParams
-
-    params = SamplingParams(max_tokens=1, temperature=0.0, detokenize=False)
-    plain = best_times(
-        {"generate": (lambda x: vm.llm.generate(x, params, use_tqdm=False), vm.llm.reset_prefix_cache)},
-        [{"prompt_token_ids": ids} for ids in encodings],
-        args.repeat,
-    )["generate"][0]
+    first = rows[0]
+    plain = len(texts) / plain_t
+    ratios = {
+        "plain_vllm_texts_per_s": plain,
+        "emofast_vllm_over_plain_vllm": first["vllm_texts_per_s"] / plain,
+        "emofast_vllm_over_emofast_hf": first["speedup"],
+        "plain_vllm_over_emofast_hf": plain / first["hf_texts_per_s"],
+    }
     print(
-        f"vLLM alone (LLM.generate, max_tokens=1, same prompts): {len(texts) / plain:.1f} texts/s; "
-        f"extract through vLLM at layers 0..{L}: {rows[0]['vllm_texts_per_s']:.1f} texts/s"
+        f"plain vLLM prefill (LLM.generate, max_tokens=1, same token ids, same rounds as '{first['case']}'): "
+        f"{plain:.1f} texts/s\n"
+        f"  emofast through vLLM / plain vLLM: {ratios['emofast_vllm_over_plain_vllm']:.2f}x "
+        f"(capture cost {100 * (1 / ratios['emofast_vllm_over_plain_vllm'] - 1):+.0f}% time)\n"
+        f"  emofast through vLLM / emofast HF: {ratios['emofast_vllm_over_emofast_hf']:.2f}x\n"
+        f"  plain vLLM / emofast HF:           {ratios['plain_vllm_over_emofast_hf']:.2f}x\n"
+        f"load average after: {os.getloadavg()[0]:.1f}"
     )
     if args.json:
         meta = {
@@ -157,7 +175,7 @@ def main(argv=None) -> int:
             "texts": len(texts),
             "tokens": tokens,
             "threads": torch.get_num_threads(),
-            "vllm_generate_texts_per_s": len(texts) / plain,
+            **ratios,
         }
         args.json.write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
     return 0

