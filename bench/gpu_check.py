@@ -165,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     t = Table(out, time.perf_counter(), args.budget_s, run_id, name, args.rows_file)
     if args.vllm_part is not None or args.section is not None:  # a child process of the run below
         if args.section is not None:
+            if os.environ.get("GPU_CHECK_SIMULATE_ABORT") == args.section:  # tests: a fault that kills the child
+                t.add(args.section, "simulated abort", "info", "the child process aborts now")
+                os.abort()
             with t.case(args.section, "section"):
                 SECTIONS[args.section](t, device, dry)
         else:

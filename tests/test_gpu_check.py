@@ -107,6 +107,25 @@ def test_a_child_past_its_timeout_is_killed_with_its_group(tmp_path):
         raise AssertionError(f"grandchild {grandchild} outlived its group")
 
 
+def test_a_section_whose_child_dies_is_a_fail_row_and_the_rest_goes_on(tmp_path, monkeypatch):
+    """As after a device fault: the correctness child aborts (SIGABRT) after one row; its row comes back, a FAIL
+    row names the exit, and the parent carries on to the next section."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import time
+
+    import gpu_check
+    from gpu_check_common import Table
+
+    monkeypatch.setenv("GPU_CHECK_SIMULATE_ABORT", "correct")
+    t = Table(tmp_path / "rows.jsonl", time.perf_counter(), 100.0, "run-x", "cpu (test)")
+    gpu_check.run_section(t, "correct", True, tmp_path / "rows.jsonl", 120)
+    assert [r["case"] for r in t.rows] == ["simulated abort", "section (child process)"]
+    assert t.rows[-1]["result"] == "FAIL" and "exit -6" in t.rows[-1]["detail"]
+    assert all(r["run"] == "run-x" and r["device"] == "cpu (test)" for r in t.rows)
+    t.add("peak", "next section", "info")  # the parent is alive and goes on
+    assert len((tmp_path / "rows.jsonl").read_text().splitlines()) == 3
+
+
 def test_configs_hold_the_published_sizes():
     """The bundled real-size configs build (on the meta device) to the published parameter counts."""
     import torch
