@@ -236,52 +236,83 @@ def test_cli_trace_and_generate(fitted, tmp_path, capsys):
     assert rc == 0 and "[0]" in capsys.readouterr().out
     assert main(["generate", *base, "--prompt", "x", "--steer", "sad_vs_happy"]) == 2
     assert "PAIR=ALPHA" in capsys.readouterr().err
+    sc = ["steer-check", *base, "--prompts", "3", "--calibration-prompts", "2", "--judges", "vader,empath"]
+    rc = main([*sc, "--n-boot", "20", "--grid", "1", "--greedy", "--no-progress"])
+    assert rc == 0
+    said = capsys.readouterr().out
+    assert "sad_vs_happy: alphas" in said and "vader: rho" in said
+    summary = json.loads((tmp_path / "run" / "steer-check" / "summary.json").read_text())
+    assert summary["alphas"] == "calibrated" and set(summary["verdict"]) == set(probe.names)
+    assert list((tmp_path / "run").glob("steering-vectors-*.safetensors"))  # measured once, kept in the run
+    assert main([*sc, "--alphas", "x,1"]) == 2
+    assert "--alphas" in capsys.readouterr().err
 
 
 def test_steer_check_writes_its_files_and_reuses_the_same_prompts(fitted, tmp_path):
+    """Fixed alphas, every pair, a plugged-in judge: the files, the rows, and alpha 0 = plain generation."""
     from emofast.commands.steer_check import steer_check
     from emofast.data.prompts import steer_prompts
-    from emofast.generation.steer import generate_texts
+    from emofast.generation.damage import generate_rows
+    from emofast.generation.judges import register_judge
 
+    class Length:  # a judge the user brings: longer text = "more left"
+        name = "length"
+
+        def expected_sign(self, left, right):
+            return 1
+
+        def score(self, texts, left, right):
+            return np.array([float(len(t)) for t in texts])
+
+    register_judge("length", Length)
     model, tok, data, probe = fitted
     res = steer_check(
         model,
         tok,
         probe,
-        "sad_vs_happy",
+        "all",
         tmp_path / "sc",
         alphas=(-4, 4),
         n_prompts=4,
         max_new_tokens=3,
         n_boot=50,
         data=data,
+        judges=("vader", "length"),
+        do_sample=False,
         progress=False,
     )
-    assert res["alphas"] == [-4.0, 0.0, 4.0] and res["n_prompts"] == 4
+    assert res["alphas"] == [-4.0, 0.0, 4.0] and res["n_prompts"] == 4 and res["format"] == 2
+    assert set(res["verdict"]) == set(probe.names)
     rows = [json.loads(x) for x in (tmp_path / "sc" / "steer.jsonl").read_text().splitlines()]
-    assert len(rows) == 4 * 3 * 2  # probe and random direction; alpha 0 shared
-    assert {r["direction"] for r in rows} == {"probe", "random"}
-    # alpha 0 is plain generation with the same prompts and seeds
-    plain = generate_texts(
+    n_pairs = len(probe.names)
+    # per prompt: 1 unsteered row (judged for every pair), per pair 2 alphas x 2 directions + 2 instructions
+    assert res["rows_generated"] == 4 * (1 + n_pairs * (4 + 2))
+    assert len(rows) == 4 * n_pairs * (1 + 4 + 2)
+    assert {r["direction"] for r in rows} == {"none", "probe", "random", "prompt"}
+    prompted = [r for r in rows if r["direction"] == "prompt"]
+    assert {r["instructed"] for r in prompted} == {"left", "right"}
+    # the unsteered rows are plain generation with the same prompts (greedy: batch composition does not matter)
+    plain = generate_rows(
         model,
         tok,
         [t for _, t in steer_prompts(4)],
+        [{}] * 4,
+        {},
         system_prompt=probe.extraction()["system_prompt"],
         max_new_tokens=3,
-        do_sample=True,
-        seed=0,
+        damage=False,
     )
-    assert [r["text"] for r in rows if r["direction"] == "probe" and r["alpha"] == 0.0] == plain
-    sp = {(s["direction"], s["measure"]): s for s in res["spearman"]}
-    assert set(sp) == {
-        (d, m)
-        for d in ("probe", "random")
-        for m in ("vader", "probe_score", "probe_p_left", "perplexity", "distinct_2", "empty")
-    }
-    for name in ("summary.csv", "spearman.csv", "summary.json", "dose_response.png"):
+    none = [r for r in rows if r["direction"] == "none" and r["pair"] == probe.names[0]]
+    assert [r["text"] for r in none] == plain["texts"]
+    assert all(r["kl"] == pytest.approx(0, abs=1e-4) for r in none if r["n_tokens"])
+    sp = {(s["arm"], s["direction"], s["measure"]) for s in res["spearman"]}
+    assert ("sad_vs_happy", "random", "length") in sp and ("sad_vs_happy", "probe", "vader") in sp
+    for name in ("summary.csv", "spearman.csv", "effects.csv", "summary.json", "dose_response.png"):
         assert (tmp_path / "sc" / name).is_file()
-    assert res["verdict"]["expected_vader_sign"] == -1  # sad (left) is less pleasant than happy
-    assert all(r["perplexity"] > 1 for r in rows if r["text"].strip())
+    assert res["verdict"]["sad_vs_happy"]["judges"]["vader"]["expected_sign"] == -1  # sad is less pleasant
+    assert {e["judge"] for e in res["effects"]} == {"vader", "length"}
+    lengths = [r["length"] for r in rows]
+    assert lengths == [float(len(r["text"])) for r in rows]
 
 
 def test_trace_readings_a_person_can_read(fitted, tmp_path):

@@ -46,19 +46,45 @@ def add_parsers(sub, add_model_args) -> None:
             p.add_argument("--plot", default=None, help="PNG of the readings over tokens (first prompt)")
             p.add_argument("--html", default=None, help="page with the text coloured by the leading reading")
             p.add_argument("--no-prompt", action="store_true", help="only the generated tokens")
-    c = sub.add_parser("steer-check", help="causal check: steer along a pair's direction; does an outside judge move?")
+    c = sub.add_parser(
+        "steer-check",
+        help="causal check: steer each pair within a damage budget; do outside judges move, and how far does asking?",
+    )
     add_model_args(c, default_model=None)
     c.add_argument("--probe", required=True, help="run folder written by 'emofast run'")
-    c.add_argument("--pair", required=True, help="LEFT_vs_RIGHT")
-    c.add_argument("--alphas", default="-8,-4,-2,0,2,4,8", help="comma-separated alphas (natural units)")
-    c.add_argument("--prompts", type=int, default=32, help="how many bundled neutral prompts")
-    c.add_argument("--max-new-tokens", type=int, default=40)
+    c.add_argument("--pair", default="all", help="LEFT_vs_RIGHT, comma-separated names, or 'all' (default)")
+    c.add_argument(
+        "--alphas", default=None, help="fixed comma-separated alphas (default: chosen under the damage budget)"
+    )
+    c.add_argument(
+        "--max-ppl-ratio",
+        type=float,
+        default=1.5,
+        help="budget: perplexity of steered texts under the unsteered model / that of unsteered texts (1.5)",
+    )
+    c.add_argument(
+        "--max-kl", type=float, default=None, help="budget on the mean KL per token (default: reported only)"
+    )
+    c.add_argument("--grid", type=int, default=2, help="evaluated alphas per side inside the chosen range (2)")
+    c.add_argument("--prompts", type=int, default=24, help="bundled neutral evaluation prompts (the first N; 24)")
+    c.add_argument("--calibration-prompts", type=int, default=8, help="calibration prompts (the last N bundled; 8)")
+    c.add_argument("--judges", default="vader,empath", help="comma-separated judges (empath: optional package)")
+    c.add_argument("--no-prompting", action="store_true", help="skip the prompting baseline")
+    c.add_argument("--no-probe-reading", action="store_true", help="skip the probe's reading of the texts")
+    c.add_argument("--layers", default="probe", choices=["probe", "sweep"], help="the chosen band, or each layer")
+    c.add_argument("--sweep-layers", default=None, help="with --layers sweep: FIRST:LAST[:STEP] (default: ~10 layers)")
+    c.add_argument("--max-new-tokens", type=int, default=32)
     c.add_argument("--greedy", action="store_true", help="greedy decoding (default: sampling with fixed seeds)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--n-boot", type=int, default=1000)
-    c.add_argument("--vector", default="mean-diff", choices=["mean-diff", "probe"], help="steering vector")
     c.add_argument(
-        "--out", default=None, help="folder (default RUN/steer-check-<pair>; the run report gains a section)"
+        "--vector",
+        default="mean-diff",
+        choices=["mean-diff", "probe"],
+        help="steering vector: the class-mean difference (default) or the probe's reading direction",
+    )
+    c.add_argument(
+        "--out", default=None, help="folder (default RUN/steer-check[-<pair>]; the run report gains a section)"
     )
 
 
@@ -144,37 +170,62 @@ def cmd_generate(args, load) -> int:
 
 
 def cmd_steer_check(args, load) -> int:
-    from .steer_check import steer_check
+    from .steer_check import resolve_pairs, steer_check
 
     model, tok, probe = _model_and_probe(args, load)
-    try:
-        alphas = [float(a) for a in args.alphas.split(",")]
-    except ValueError:
-        raise ValueError(f"--alphas {args.alphas!r}: expected comma-separated numbers, e.g. -4,0,4") from None
-    out = Path(args.out) if args.out else Path(args.probe) / f"steer-check-{args.pair}"
+    alphas = None
+    if args.alphas is not None:
+        try:
+            alphas = [float(a) for a in args.alphas.split(",")]
+        except ValueError:
+            raise ValueError(f"--alphas {args.alphas!r}: expected comma-separated numbers, e.g. -4,0,4") from None
+    pairs = resolve_pairs(probe, None if args.pair == "all" else args.pair.split(","))
+    suffix = "" if args.pair == "all" else "-" + "-".join(pairs)
+    if args.layers == "sweep":
+        suffix += "-sweep"
+    out = Path(args.out) if args.out else Path(args.probe) / f"steer-check{suffix}"
     res = steer_check(
         model,
         tok,
         probe,
-        args.pair,
+        pairs,
         out,
         alphas=alphas,
+        max_ppl_ratio=args.max_ppl_ratio,
+        max_kl=args.max_kl,
+        grid=args.grid,
         n_prompts=args.prompts,
+        n_calibration=args.calibration_prompts,
+        judges=[j.strip() for j in args.judges.split(",") if j.strip()],
+        prompting=not args.no_prompting,
+        layers=args.layers,
+        sweep_layers=args.sweep_layers,
         max_new_tokens=args.max_new_tokens,
         do_sample=not args.greedy,
         seed=args.seed,
         batch_size=args.batch_size,
         n_boot=args.n_boot,
         kind=args.vector,
+        probe_reading=not args.no_probe_reading,
+        vectors_cache=Path(args.probe),
         progress=not args.no_progress,
     )
-    sp = {(s["direction"], s["measure"]): s for s in res["spearman"]}
-    for direction in ("probe", "random"):
-        s = sp[(direction, "vader")]
-        print(f"{direction:>6} direction: rho(alpha, VADER) = {s['rho']:+.3f} [{s['lo']:+.3f}, {s['hi']:+.3f}]")
-    s = sp[("probe", "probe_score")]
-    print(f"probe reading of the steered texts: rho = {s['rho']:+.3f} [{s['lo']:+.3f}, {s['hi']:+.3f}]")
-    print(f"verdict: {json.dumps(res['verdict'])}; {res['seconds']} s; wrote {out}")
+    eff = {(e["arm"], e["judge"]): e for e in res["effects"]}
+    for arm, v in res["verdict"].items():
+        lo, hi = v["alpha_range"]
+        state = "" if v["steerable_within_budget"] is not False else "  NOT STEERABLE WITHIN BUDGET"
+        print(f"{arm}: alphas {lo:+.3g}..{hi:+.3g}, max ppl ratio {v['max_ppl_ratio_evaluated']:.2f}{state}")
+        for j, jv in v["judges"].items():
+            e = eff.get((arm, j))
+            frac = f", steering/prompting {e['fraction']:.2f}" if e else ""
+            print(
+                f"  {j:>7}: rho {jv['rho']:+.3f} [{jv['lo']:+.3f}, {jv['hi']:+.3f}] (expected {jv['expected_sign']}, "
+                f"{'met' if jv['meets'] else 'not met'}); random {jv['random_rho']:+.3f} "
+                f"[{jv['random_lo']:+.3f}, {jv['random_hi']:+.3f}]{frac}"
+            )
+    for name, why in res["judges_skipped"].items():
+        print(f"judge {name} skipped: {why}")
+    print(f"{res['seconds']} s; wrote {out}")
     if (Path(args.probe) / "metrics.json").exists() and out.parent.resolve() == Path(args.probe).resolve():
         from ..report import write_run_report
 

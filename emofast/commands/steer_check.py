@@ -1,214 +1,305 @@
 """``emofast steer-check``: does pushing the residual stream along a pair's direction change what the model writes,
-as judged by something that knows nothing of the model?
+as judged by something that knows nothing of the model, at a strength that does not break the text, and how does
+that compare with simply asking for the tone?
 
-For each alpha (the same prompts and the same sampling seeds every time), generate with the pair's direction
-added at its chosen layers (:class:`emofast.Steering`), and again along a random unit direction of the same layers
-and the same scale (the directions control). Measure each text with the outside judge (VADER compound valence),
-the unsteered probe's reading of the text, fluency (perplexity under the unsteered model, given the prompt) and
-distinct-2. Summarise per alpha (mean and 95% bootstrap interval over prompts) and as Spearman's rho between alpha
-and each measure, with a bootstrap interval that resamples prompts (all alphas of a prompt together).
+1. **Strength under a damage budget** (default): on calibration prompts (the last bundled ones, disjoint from the
+   evaluation prompts), for each pair and direction, the largest |alpha| whose perplexity under the unsteered model
+   stays within ``max_ppl_ratio`` of the unsteered texts' (and, if given, whose mean KL from the unsteered
+   next-token distributions stays within ``max_kl``) (:func:`emofast.generation.calibrate.find_alpha_range`).
+   Then ``grid`` evenly spaced alphas on each side inside that range (and 0) are evaluated. Fixed ``alphas`` skip
+   the search.
+2. **Every condition of a prompt in one batch** (per-row steering, :func:`emofast.generation.generate_rows`): the
+   unsteered row, each pair's alphas, the same alphas along a random direction of the same layers and scale (the
+   control), and the prompting baseline (the prompt with "Answer in a <left/right> tone.").
+3. **Judges** (:mod:`emofast.generation.judges`): VADER valence and Empath emotion categories (optional package;
+   skipped with a note when missing), each with its expected sign per pair; also the unsteered probe's reading of
+   the text and the damage (perplexity ratio and KL against the unsteered model, measured on these very texts).
+4. **Statistics** (:mod:`emofast.generation.effects`): per condition the mean and a 95% bootstrap interval over
+   prompts; Spearman's rho between alpha and each judge, for the pair's direction and the random one; steering's
+   effect (the ends of the evaluated range) as a fraction of prompting's.
 
-Writes ``DIR/steer.jsonl`` (one row per generated text), ``DIR/summary.csv`` (per direction and alpha),
-``DIR/spearman.csv`` (per direction and measure), ``DIR/summary.json`` (both, plus the settings and the verdict)
-and ``DIR/dose_response.png``.
+Writes ``DIR/steer.jsonl`` (one row per generated text), ``DIR/calibration.json`` (the damage curves),
+``DIR/summary.csv`` (per arm, direction and alpha), ``DIR/spearman.csv``, ``DIR/effects.csv`` (steering against
+prompting), ``DIR/summary.json`` (all of it, the settings, the verdicts, the time) and ``DIR/dose_response.png``.
+The statistics and the verdicts are in :mod:`emofast.generation.verdict`.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import spearmanr
 
 from ..fileio import write_json
+from ..generation.verdict import summarise, write_tables
 
-__all__ = ["steer_check", "DEFAULT_ALPHAS", "MEASURES"]
+__all__ = ["steer_check", "resolve_pairs", "FORMAT"]
 
-DEFAULT_ALPHAS = (-8.0, -4.0, -2.0, 0.0, 2.0, 4.0, 8.0)
-MEASURES = ("vader", "probe_score", "probe_p_left", "perplexity", "distinct_2", "empty")
-
-
-def _boot_mean(x: np.ndarray, rng, n_boot: int) -> tuple[float, float, float]:
-    x = x[np.isfinite(x)]
-    if len(x) == 0:
-        return (float("nan"),) * 3
-    means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)
-    return float(x.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+FORMAT = 2  # summary.json layout (1: one pair, fixed alphas)
 
 
-def _boot_spearman(alpha: np.ndarray, y: np.ndarray, rng, n_boot: int) -> tuple[float, float, float]:
-    """rho(alpha, y) over [n_prompts, n_alphas] arrays; the interval resamples prompts (rows). NaN where the
-    measure does not vary (rho is undefined)."""
+def resolve_pairs(probe, pair) -> list[str]:
+    """``None``/``"all"``: every pair of the probe; a name or a list of names: those (checked)."""
+    if pair in (None, "all"):
+        return list(probe.names)
+    names = [pair] if isinstance(pair, str) else list(pair)
+    bad = [n for n in names if n not in probe.names]
+    if bad:
+        raise ValueError(f"unknown pair(s) {bad}; this probe has {probe.names}")
+    return names
 
-    def rho(a, b):
-        keep = np.isfinite(b)
-        if keep.sum() < 3 or np.ptp(b[keep]) == 0 or np.ptp(a[keep]) == 0:
-            return float("nan")
-        return float(spearmanr(a[keep], b[keep]).statistic)
 
-    est = rho(alpha.ravel(), y.ravel())
-    if not np.isfinite(est):
-        return (float("nan"),) * 3
-    boots = [rho(alpha[r].ravel(), y[r].ravel()) for r in rng.integers(0, y.shape[0], size=(n_boot, y.shape[0]))]
-    boots = [b for b in boots if np.isfinite(b)]
-    lo, hi = np.quantile(boots, [0.025, 0.975]) if boots else (np.nan, np.nan)
-    return est, float(lo), float(hi)
+def _grid(a_plus: float, a_minus: float, points: int) -> list[float]:
+    """``points`` evenly spaced alphas on each steerable side, and 0."""
+    pos = [a_plus * k / points for k in range(1, points + 1)] if a_plus > 0 else []
+    neg = [-a_minus * k / points for k in range(1, points + 1)] if a_minus > 0 else []
+    return sorted({round(a, 4) for a in [*neg, 0.0, *pos]})
+
+
+def _sweep_layers(spec, probe) -> list[int]:
+    if spec is None:
+        top = max(probe.layers)
+        return list(range(1, top, max(1, top // 10)))
+    try:
+        parts = [int(x) for x in str(spec).split(":")]
+        lo, hi, step = (parts + [1])[:3] if len(parts) >= 2 else (parts[0], parts[0] + 1, 1)
+    except ValueError:
+        raise ValueError(f"--sweep-layers {spec!r}: expected FIRST:LAST[:STEP], e.g. 4:24:2") from None
+    layers = list(range(lo, hi + 1, step))
+    if not layers or min(layers) < 0 or max(layers) > max(probe.layers):
+        raise ValueError(f"--sweep-layers {spec!r}: layers must lie in 0..{max(probe.layers)}")
+    return layers
 
 
 def steer_check(
     model,
     tok,
     probe,
-    pair: str,
+    pair,
     out,
     *,
-    alphas=DEFAULT_ALPHAS,
-    n_prompts: int = 32,
-    max_new_tokens: int = 40,
+    alphas=None,
+    max_ppl_ratio: float = 1.5,
+    max_kl: float | None = None,
+    grid: int = 2,
+    n_prompts: int = 24,
+    n_calibration: int = 8,
+    judges=("vader", "empath"),
+    prompting: bool = True,
+    layers: str = "probe",
+    sweep_layers=None,
+    max_new_tokens: int = 32,
     do_sample: bool = True,
     seed: int = 0,
     batch_size: int | None = None,
     n_boot: int = 1000,
     data=None,
     kind: str = "mean-diff",
+    probe_reading: bool = True,
+    vectors_cache=None,
     progress: bool = True,
 ) -> dict:
-    """Run the causal check for one pair of a fitted probe; returns the ``summary.json`` content.
+    """Run the causal check for some or all pairs of a fitted probe; returns the ``summary.json`` content.
+
+    Args:
+        pair: a pair name, a list of them, or ``None``/``"all"`` (every pair of the probe).
+        alphas: fixed alphas (no calibration); default None: chosen under the damage budget.
+        max_ppl_ratio, max_kl: the damage budget (KL: reported always, a budget only when given).
+        grid: evaluated alphas per side inside the chosen range (and 0).
+        n_prompts, n_calibration: evaluation prompts (the first bundled ones) and calibration prompts (the last).
+        judges: judge names (:func:`emofast.generation.judges.judge_names`); a missing optional one is skipped
+            with a note in the result.
+        prompting: also generate with a tone instruction per side (the prompting baseline).
+        layers: ``"probe"`` (each pair's chosen band) or ``"sweep"`` (each single layer of ``sweep_layers``,
+            ``"FIRST:LAST[:STEP]"``, each with its own strength under the same budget).
+        vectors_cache: a folder keeping the steering vectors once measured (the CLI uses the run folder).
 
     Example:
-        >>> steer_check(model, tok, load_probe(run), "sad_vs_happy", run / "steer-check")  # doctest: +SKIP
+        >>> steer_check(model, tok, load_probe(run), "all", run / "steer-check")  # doctest: +SKIP
     """
-    from ..data.prompts import steer_prompts
-    from ..generation.hooks import input_device
-    from ..generation.judge import VALENCE, distinct_2, perplexity, vader_compound
-    from ..generation.steer import Steering, generate_texts, random_vectors, steering_vectors
-    from ..generation.trace import encode_prompts
+    from ..data.prompts import calibration_prompts, instructed, steer_prompts
+    from ..generation.calibrate import find_alpha_range
+    from ..generation.damage import generate_rows
+    from ..generation.judges import load_judges
+    from ..generation.steer import random_vectors, steering_vectors
 
-    if pair not in probe.names:
-        raise ValueError(f"unknown pair {pair!r}; this probe has {probe.names}")
-    alphas = [float(a) for a in alphas]
-    if 0.0 not in alphas:
-        alphas = sorted([*alphas, 0.0])
+    names = resolve_pairs(probe, pair)
+    if layers not in ("probe", "sweep"):
+        raise ValueError(f"layers={layers!r}: expected 'probe' or 'sweep'")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    say = (lambda m: print(f"  {m} ({time.perf_counter() - t0:.0f} s)", flush=True)) if progress else None
+    judge_list, skipped = load_judges(judges)
+    if not judge_list:
+        raise ValueError(f"no judge can run: {skipped}")
+    for name, why in skipped.items():
+        if say:
+            say(f"judge {name} skipped: {why}")
     prompts = steer_prompts(n_prompts)
+    cal = calibration_prompts(n_calibration, n_eval=n_prompts) if alphas is None else []
     pids, ptexts = [i for i, _ in prompts], [t for _, t in prompts]
-    vectors = steering_vectors(model, tok, probe, data, pairs=[pair], kind=kind, batch_size=batch_size)
-    rand = random_vectors(vectors, seed=seed)
-    sys_prompt = probe.extraction().get("system_prompt")
-    chat = getattr(tok, "chat_template", None) is not None and probe.extraction().get("chat_template", True)
+    ex = probe.extraction()
+    chat = getattr(tok, "chat_template", None) is not None and ex.get("chat_template", True)
     gen = {
         "max_new_tokens": max_new_tokens,
         "do_sample": do_sample,
         "seed": seed,
-        "batch_size": batch_size,
-        "system_prompt": sys_prompt if chat else None,
+        "batch_size": batch_size or 64,
+        "system_prompt": ex.get("system_prompt") if chat else None,
         "chat_template": chat,
     }
+    # arms: what is steered (a pair's band, or one layer of it); each with the real vectors and the control
+    sweep = _sweep_layers(sweep_layers, probe) if layers == "sweep" else None
+    arms, controls, pair_of = {}, {}, {}
+    for name in names:
+        vecs = steering_vectors(
+            model, tok, probe, data, pairs=[name], kind=kind, batch_size=batch_size, layers=sweep, cache=vectors_cache
+        )
+        rand = random_vectors(vecs, seed=seed)
+        if sweep is None:
+            arms[name], controls[name], pair_of[name] = vecs, rand, name
+        else:
+            for layer in vecs[name]:
+                arm = f"{name}@{layer}"
+                arms[arm] = {name: {layer: vecs[name][layer]}}
+                controls[arm] = {name: {layer: rand[name][layer]}}
+                pair_of[arm] = name
+    if say:
+        say(f"{len(arms)} arm(s): {', '.join(arms)}")
+    # 1. strength under the damage budget
+    calibration = None
+    if alphas is None:
+        calibration = find_alpha_range(
+            model,
+            tok,
+            [t for _, t in cal],
+            {arm: (pair_of[arm], arms[arm]) for arm in arms},
+            max_ppl_ratio=max_ppl_ratio,
+            max_kl=max_kl,
+            progress=say,
+            **gen,
+        )
+        calibration["prompt_ids"] = [i for i, _ in cal]
+        write_json(out / "calibration.json", calibration)
+        grids = {arm: _grid(calibration[arm]["+"]["alpha"], calibration[arm]["-"]["alpha"], grid) for arm in arms}
+    else:
+        fixed = sorted({float(a) for a in alphas} | {0.0})
+        grids = {arm: fixed for arm in arms}
+    # 2. every condition of a prompt in the same batch
+    conds = [("none", None, 0.0, None)]  # (direction, arm, alpha, instructed side)
+    for arm in arms:
+        conds += [(d, arm, a, None) for d in ("probe", "random") for a in grids[arm] if a != 0.0]
+    if prompting and sweep is None:
+        conds += [("prompt", arm, 0.0, side) for arm in arms for side in ("left", "right")]
+    row_prompts, settings, tables, meta = [], [], [], []
+    for pid, text in zip(pids, ptexts):
+        for direction, arm, alpha, side in conds:
+            pair_name = pair_of.get(arm)
+            if direction == "prompt":
+                label = probe.pairs[probe.names.index(pair_name)][0 if side == "left" else 1]
+                row_prompts.append(instructed(text, label))
+            else:
+                row_prompts.append(text)
+            settings.append({pair_name: alpha} if direction in ("probe", "random") else {})
+            tables.append(controls[arm] if direction == "random" else arms.get(arm, {}))
+            meta.append({"prompt_id": pid, "direction": direction, "arm": arm, "alpha": alpha, "instructed": side})
+    if say:
+        say(f"evaluation: {len(row_prompts)} rows ({len(conds)} conditions x {len(pids)} prompts)")
+    t_gen = time.perf_counter()
+    res = generate_rows(model, tok, row_prompts, settings, tables, **gen)
+    t_gen = time.perf_counter() - t_gen
+    if say:
+        say(f"generated {len(row_prompts)} rows in {t_gen:.0f} s")
+    # 3. judges (each row judged for its arm's pair; the unsteered row for every pair)
     rows = []
-    conditions = [("probe", a) for a in alphas] + [("random", a) for a in alphas if a != 0.0]
-    texts_of = {}
-    for k, (direction, alpha) in enumerate(conditions):
-        with Steering(model, probe, {pair: alpha}, vectors=rand if direction == "random" else vectors):
-            texts_of[(direction, alpha)] = generate_texts(model, tok, ptexts, **gen)
-        if progress:
-            print(
-                f"  [{k + 1}/{len(conditions)}] {direction} alpha={alpha:+g}: {time.perf_counter() - t0:.0f} s",
-                flush=True,
-            )
-    texts_of.update({("random", 0.0): texts_of[("probe", 0.0)]})
-    # measures, all under the unsteered model
-    enc_ids, enc_mask = encode_prompts(
-        tok, ptexts, chat_template=chat, system_prompt=gen["system_prompt"], device=input_device(model)
-    )
-    prompt_ids = [ids[m.bool()].tolist() for ids, m in zip(enc_ids.cpu(), enc_mask.cpu())]
-    p = probe.names.index(pair)
-    left = probe.pairs[p][0]
-    for (direction, alpha), texts in sorted(texts_of.items()):
-        ok = [i for i, t in enumerate(texts) if t.strip()]
-        score = np.full(len(texts), np.nan)
-        p_left = np.full(len(texts), np.nan)
-        if ok:
-            cols = probe.score(model, tok, [texts[i] for i in ok], batch_size=batch_size)
-            score[ok] = cols[pair]
-            p_left[ok] = cols[f"p_{left}"] if f"p_{left}" in cols else cols[probe.column_names()[3 * p + 1]]
-        ppl = perplexity(model, tok, prompt_ids, texts)
-        vader = vader_compound(texts)
-        for i, t in enumerate(texts):
-            rows.append(
-                {
-                    "direction": direction,
-                    "alpha": alpha,
-                    "prompt_id": pids[i],
-                    "text": t,
-                    "vader": float(vader[i]) if t.strip() else float("nan"),  # an empty text has no valence
-                    "probe_score": float(score[i]),
-                    "probe_p_left": float(p_left[i]),
-                    "perplexity": float(ppl[i]),
-                    "distinct_2": float(distinct_2(t)),
-                    "empty": float(not t.strip()),  # generation that collapsed to nothing: counted, not hidden
-                }
-            )
+    readings = _probe_readings(model, tok, probe, res["texts"], batch_size) if probe_reading else None
+    for i, m in enumerate(meta):
+        for arm in [m["arm"]] if m["arm"] is not None else list(arms):
+            rows.append({**m, "arm": arm, "pair": pair_of[arm], "row": i})
+    for j in judge_list:
+        for arm in arms:
+            p = probe.names.index(pair_of[arm])
+            left, right = probe.pairs[p]
+            mine = [r for r in rows if r["arm"] == arm]
+            scores = j.score([res["texts"][r["row"]] for r in mine], left, right)
+            for r, s in zip(mine, scores):
+                r[j.name] = float(s)
+    for r in rows:
+        i = r.pop("row")
+        p = probe.names.index(r["pair"])
+        r.update(
+            {
+                "text": res["texts"][i],
+                "n_tokens": int(res["n_tokens"][i]),
+                "nll": float(res["nll"][i]),
+                "kl": float(res["kl"][i]),
+                "probe_p_left": float(readings[i, p]) if readings is not None else float("nan"),
+                "empty": float(not res["texts"][i].strip()),
+            }
+        )
     with open(out / "steer.jsonl", "w", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
-    rng = np.random.default_rng(seed)
-    summary, spear = [], []
-    for direction in ("probe", "random"):
-        for alpha in alphas:
-            sel = [r for r in rows if r["direction"] == direction and r["alpha"] == alpha]
-            row = {"direction": direction, "alpha": alpha, "n": len(sel)}
-            for m in MEASURES:
-                row[f"{m}_mean"], row[f"{m}_lo"], row[f"{m}_hi"] = _boot_mean(
-                    np.array([r[m] for r in sel], dtype=float), rng, n_boot
-                )
-            summary.append(row)
-        A = np.array([[a for a in alphas] for _ in pids])
-        for m in MEASURES:
-            by = {(r["prompt_id"], r["alpha"]): r[m] for r in rows if r["direction"] == direction}
-            Y = np.array([[by[(pid, a)] for a in alphas] for pid in pids], dtype=float)
-            rho, lo, hi = _boot_spearman(A, Y, rng, n_boot)
-            spear.append({"direction": direction, "measure": m, "rho": rho, "lo": lo, "hi": hi})
-    base_ppl = next(r["perplexity_mean"] for r in summary if r["direction"] == "probe" and r["alpha"] == 0.0)
-    ppl_ratio = {str(r["alpha"]): r["perplexity_mean"] / base_ppl for r in summary if r["direction"] == "probe"}
-    left_v, right_v = VALENCE.get(probe.pairs[p][0]), VALENCE.get(probe.pairs[p][1])
-    expected = None if left_v is None or right_v is None or left_v == right_v else int(np.sign(left_v - right_v))
-    sp = {(s["direction"], s["measure"]): s for s in spear}
-    judge, control = sp[("probe", "vader")], sp[("random", "vader")]
-    verdict = {
-        "expected_vader_sign": expected,
-        "judge_moves": bool(
-            expected is not None and judge["lo"] * judge["hi"] > 0 and np.sign(judge["rho"]) == expected
-        ),
-        "random_direction_moves_judge": bool(control["lo"] * control["hi"] > 0),
-        "probe_reading_moves": bool(sp[("probe", "probe_score")]["lo"] > 0),
-        "perplexity_ratio_at_abs_alpha_le_4": max(v for a, v in ppl_ratio.items() if abs(float(a)) <= 4),
-    }
-    result = {
-        "pair": pair,
-        "alphas": alphas,
-        "n_prompts": len(pids),
-        "generation": {**gen, "system_prompt": gen["system_prompt"]},
-        "vector": kind,
-        "sigma": {str(k): s for k, (_, s) in vectors[pair].items()},
-        "judge": "VADER compound (vaderSentiment)",
-        "summary": summary,
-        "spearman": spear,
-        "perplexity_ratio": ppl_ratio,
-        "verdict": verdict,
-        "seconds": round(time.perf_counter() - t0, 1),
-    }
-    for name, table in (("summary.csv", summary), ("spearman.csv", spear)):
-        with open(out / name, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(table[0]))
-            w.writeheader()
-            w.writerows(table)
+    # 4. statistics and verdicts
+    judges_meta = {}
+    for j in judge_list:
+        judges_meta[j.name] = {arm: j.expected_sign(*probe.pairs[probe.names.index(pair_of[arm])]) for arm in arms}
+    result = summarise(
+        rows,
+        arms=list(arms),
+        pair_of=pair_of,
+        grids=grids,
+        judges=judges_meta,
+        calibration=calibration,
+        max_ppl_ratio=max_ppl_ratio,
+        max_kl=max_kl,
+        n_boot=n_boot,
+        seed=seed,
+    )
+    result.update(
+        {
+            "format": FORMAT,
+            "pairs": names,
+            "arms": {arm: {"pair": pair_of[arm], "layers": sorted(next(iter(arms[arm].values())))} for arm in arms},
+            "layers": layers,
+            "alphas": "calibrated" if alphas is None else grids[next(iter(arms))],
+            "n_prompts": len(pids),
+            "prompt_ids": pids,
+            "calibration_prompt_ids": [i for i, _ in cal],
+            "generation": gen,
+            "vector": kind,
+            "sigma": {arm: {str(k): s for k, (_, s) in next(iter(arms[arm].values())).items()} for arm in arms},
+            "judges_skipped": skipped,
+            "rows_generated": len(row_prompts),
+            "seconds_generation": round(t_gen, 1),
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+    )
+    write_tables(out, result)
     write_json(out / "summary.json", result)
-    from ..report.steering import fig_dose_response
+    from ..report.steering import fig_steer_check
 
-    (out / "dose_response.png").write_bytes(fig_dose_response(summary, pair, left))
+    (out / "dose_response.png").write_bytes(fig_steer_check(result))
     return result
+
+
+def _probe_readings(model, tok, probe, texts, batch_size) -> np.ndarray:
+    """``[N, n_pairs]`` the unsteered probe's p(left side) of each text (NaN for an empty one)."""
+    out = np.full((len(texts), len(probe.names)), np.nan)
+    ok = [i for i, t in enumerate(texts) if t.strip()]
+    uniq = list(dict.fromkeys(texts[i] for i in ok))
+    if not uniq:
+        return out
+    from ..probe.paired import side_columns
+
+    cols = probe.score(model, tok, uniq, batch_size=batch_size)
+    sides = side_columns(probe.pairs)
+    at = {t: k for k, t in enumerate(uniq)}
+    for p, name in enumerate(probe.names):
+        col = np.asarray(cols[sides[name][0]], dtype=float)
+        for i in ok:
+            out[i, p] = col[at[texts[i]]]
+    return out

@@ -10,9 +10,9 @@ Hugging Face hooks live in :mod:`emofast.generation.steer`; another backend (vLL
 Example:
     >>> import torch
     >>> vecs = {"sad_vs_happy": {3: (torch.tensor([1.0, 0.0]), 2.0)}}
-    >>> add = row_additions([{"sad_vs_happy": 1.0}, {}, {"sad_vs_happy": -0.5}], vecs)
+    >>> add = row_additions([{"sad_vs_happy": 1.0}, {}, {"sad_vs_happy": 0.5}], vecs)
     >>> add[3].tolist()
-    [[2.0, 0.0], [0.0, 0.0], [-1.0, 0.0]]
+    [[2.0, 0.0], [0.0, 0.0], [1.0, 0.0]]
 """
 
 from __future__ import annotations

@@ -57,13 +57,19 @@ def dataset_of(probe):
     return load_pairs(root)
 
 
-def steering_vectors(model, tok, probe, data=None, pairs=None, *, kind: str = "mean-diff", batch_size=None) -> dict:
+def steering_vectors(
+    model, tok, probe, data=None, pairs=None, *, kind: str = "mean-diff", batch_size=None, layers=None, cache=None
+) -> dict:
     """The steering vector of each pair at each of its chosen layers, and its natural unit.
 
     Args:
         data: the paired dataset (default: the one the probe was fitted on, see :func:`dataset_of`).
         pairs: which pairs (default: all).
         kind: ``"mean-diff"`` or ``"probe"`` (see the module docstring).
+        layers: the layers to measure at (default: each pair's chosen layers), e.g. every layer for a sweep.
+        cache: a folder (e.g. the run folder) where each pair's vectors are kept once measured, keyed by the
+            probe's directions, the training texts, the kind and the layers; a later call reads them instead of
+            passing the training texts through the model again.
 
     Returns:
         ``{pair_name: {layer: (d [D] unit float32, sigma)}}``, ``sigma`` the standard deviation of the pair's
@@ -79,11 +85,21 @@ def steering_vectors(model, tok, probe, data=None, pairs=None, *, kind: str = "m
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r}: expected one of {', '.join(KINDS)}")
     data = data if data is not None else dataset_of(probe)
+    layers_arg = layers
     names = list(pairs) if pairs is not None else probe.names
     out = {}
     for name in names:
+        if cache is not None:
+            got = _cached(cache, probe, data, name, kind, layers_arg)
+            if got["vectors"] is not None:
+                out[name] = got["vectors"]
+                continue
         p = probe.names.index(name)
-        layers = probe.chosen[name]
+        layers = [int(k) for k in layers_arg] if layers_arg is not None else probe.chosen[name]
+        if kind == "probe" and not set(layers) <= set(probe.layers):
+            raise ValueError(
+                f"kind='probe': the probe has no directions at layers {sorted(set(layers) - set(probe.layers))}"
+            )
         left, right = data.pair(name).split("train")
         x = extract(model, tok, left + right, layers=layers, batch_size=batch_size, **probe.extraction()).double()
         is_left = torch.arange(len(left) + len(right)) < len(left)
@@ -106,7 +122,42 @@ def steering_vectors(model, tok, probe, data=None, pairs=None, *, kind: str = "m
             out[name][int(layer)] = ((d / d.norm()).float(), sigma)
         if not out[name]:
             raise ValueError(f"{name}: none of its chosen layers {layers} varies across its training texts")
+        if cache is not None:
+            _store(got["path"], out[name])
     return out
+
+
+def _cached(cache, probe, data, name, kind, layers) -> dict:
+    """``{"path", "vectors" (None if not cached)}`` for one pair."""
+    import hashlib
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    left, right = data.pair(name).split("train")
+    h = hashlib.sha1()
+    p = probe.names.index(name)
+    h.update(probe.directions[p].contiguous().float().numpy().tobytes())
+    h.update("\x00".join([kind, str(layers), str(probe.extraction()), *left, "|", *right]).encode())
+    path = Path(cache) / f"steering-vectors-{name}-{h.hexdigest()[:16]}.safetensors"
+    if not path.is_file():
+        return {"path": path, "vectors": None}
+    t = load_file(str(path))
+    vecs = {int(k[2:]): (t[k], float(t[f"s_{k[2:]}"])) for k in t if k.startswith("d_")}
+    return {"path": path, "vectors": vecs}
+
+
+def _store(path, vecs) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for layer, (d, sigma) in vecs.items():
+        tensors[f"d_{layer}"] = torch.as_tensor(d, dtype=torch.float32).contiguous()
+        tensors[f"s_{layer}"] = torch.tensor(float(sigma), dtype=torch.float64)
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp))
+    tmp.replace(path)
 
 
 class AddSteering:

@@ -591,5 +591,3 @@ def _template_hash(tokenizer) -> str | None:
     if tpl is None:
         return None
     return hashlib.sha256(str(tpl).encode()).hexdigest()
-
-

@@ -11,7 +11,7 @@ import numpy as np
 
 from .figures import new_figure, plotting, png_bytes
 
-__all__ = ["fig_dose_response", "fig_trace", "trace_html", "section_steering", "steer_checks"]
+__all__ = ["fig_dose_response", "fig_steer_check", "fig_trace", "trace_html", "section_steering", "steer_checks"]
 
 
 def fig_dose_response(summary: list[dict], pair: str, left: str) -> bytes:
@@ -37,6 +37,52 @@ def fig_dose_response(summary: list[dict], pair: str, left: str) -> bytes:
         axes[0].legend()
         axes[0].set_title(f"steering {pair}: dose-response (95% bootstrap CIs over prompts)")
         axes[-1].set_xlabel(f"alpha (natural units; positive = toward {left})")
+        return png_bytes(fig)
+
+
+def fig_steer_check(result: dict) -> bytes:
+    """One figure for a whole check (``summary.json`` of format 2): a row per arm (pair), a column per judge with
+    the dose-response of the pair's direction and of the random one (95% bootstrap intervals over prompts) and the
+    prompting baseline's two instructions as horizontal lines, and a last column with the damage (perplexity ratio
+    to the unsteered texts, the budget as a dotted line, and the mean KL per token on a second axis)."""
+    judges = list(result["judges"])
+    arms = list(result["verdict"])
+    budget = result["budget"]["max_ppl_ratio"]
+    with plotting():
+        fig = new_figure(3.0 * (len(judges) + 1), 2.3 * len(arms) + 0.6)
+        axes = np.atleast_2d(fig.subplots(len(arms), len(judges) + 1, squeeze=False))
+        for r, arm in enumerate(arms):
+            mine = [s for s in result["summary"] if s["arm"] == arm]
+            left = result["verdict"][arm]["pair"].split("_vs_")[0]
+            for c, j in enumerate(judges):
+                ax = axes[r, c]
+                for direction, style in (("probe", "-o"), ("random", "--s")):
+                    rows = [s for s in mine if s["direction"] == direction]
+                    a = [s["alpha"] for s in rows]
+                    ax.plot(a, [s[f"{j}_mean"] for s in rows], style, ms=3, label=f"{direction} direction")
+                    ax.fill_between(a, [s[f"{j}_lo"] for s in rows], [s[f"{j}_hi"] for s in rows], alpha=0.2)
+                for side, colour in (("left", "tab:red"), ("right", "tab:green")):
+                    p = [s for s in mine if s["direction"] == f"prompt-{side}"]
+                    if p:
+                        ax.axhline(p[0][f"{j}_mean"], color=colour, ls=":", lw=1.2, label=f"asked: {side} tone")
+                v = result["verdict"][arm]["judges"][j]
+                ax.set_title(f"{arm}: {j} rho {v['rho']:+.2f}", fontsize=8)
+                if r == len(arms) - 1:
+                    ax.set_xlabel(f"alpha (+ = toward {left})" if len(arms) == 1 else "alpha (+ = left side)")
+            ax = axes[r, -1]
+            rows = [s for s in mine if s["direction"] == "probe"]
+            a = [s["alpha"] for s in rows]
+            ax.plot(a, [s["ppl_ratio"] for s in rows], "-o", ms=3, color="black", label="perplexity ratio")
+            ax.axhline(budget, color="grey", ls=":", lw=1)
+            ax.set_title(f"{arm}: damage", fontsize=8)
+            ax2 = ax.twinx()
+            ax2.plot(a, [s["kl"] for s in rows], "-^", ms=3, color="tab:purple", label="KL / token")
+            ax2.set_ylabel("KL / token", fontsize=7)
+            if r == 0:
+                axes[r, 0].legend(fontsize=6)
+                ax.legend(fontsize=6, loc="upper left")
+                ax2.legend(fontsize=6, loc="upper right")
+        fig.suptitle("steer-check: judges against alpha (95% CIs), prompting baseline (dotted), damage")
         return png_bytes(fig)
 
 
@@ -149,57 +195,79 @@ def steer_checks(run_dir: Path) -> list[dict]:
 
 
 def section_steering(doc, checks: list[dict]) -> None:
-    """The causal check: does steering along a pair's direction move an outside judge, and a random direction not?"""
+    """The causal check: does steering along a pair's direction move outside judges, within a damage budget, and
+    a random direction not; and how does it compare with asking for the tone?"""
     if not checks:
         return
     doc.h2("Causal check: steering", "steering")
-    doc.p(
-        "Each check adds alpha·σ·d to the residual stream at the pair's chosen layers while the model writes "
-        "(σ: the spread of the pair's training texts along d; positive alpha toward the left side), for the same "
-        "prompts and sampling seeds at every alpha, and does the same along a random unit direction of the same "
-        "layers and scale. The judge is VADER (a lexicon scorer that knows nothing of the model). rho: Spearman "
-        "correlation of alpha with the measure, 95% bootstrap interval over prompts."
-    )
-    rows = []
-    for c in checks:
-        sp = {(s["direction"], s["measure"]): s for s in c["spearman"]}
-        for direction in ("probe", "random"):
-            j, pr = sp[(direction, "vader")], sp[(direction, "probe_score")]
-            rows.append(
-                [
-                    c["pair"],
-                    direction,
-                    f"{j['rho']:+.2f} [{j['lo']:+.2f}, {j['hi']:+.2f}]",
-                    f"{pr['rho']:+.2f} [{pr['lo']:+.2f}, {pr['hi']:+.2f}]",
-                    f"{c['verdict']['perplexity_ratio_at_abs_alpha_le_4']:.2f}" if direction == "probe" else "",
-                    str(c["n_prompts"]),
-                ]
-            )
-    doc.table(
-        [
-            "pair",
-            "direction",
-            "rho(alpha, VADER)",
-            "rho(alpha, probe reading)",
-            "max perplexity ratio, |alpha| <= 4",
-            "prompts",
-        ],
-        rows,
-    )
-    for c in checks:
-        v = c["verdict"]
-        if v["expected_vader_sign"] is None:
-            said = "has no valence judge (both sides have the same valence sign), so only the probe reading is shown"
-        elif v["judge_moves"] and not v["random_direction_moves_judge"]:
-            said = "moves the outside judge in the expected direction while the random direction does not"
-        elif v["judge_moves"]:
-            said = "moves the judge, but so does the random direction: the effect is not specific to this direction"
-        else:
-            said = "does not move the outside judge beyond noise: this pair does not steer at these settings"
-        doc.p(f"**{c['pair']}**: steering {said}.")
-        left = c["pair"].split("_vs_")[0]
-        doc.figure(
-            f"steer_{c['folder']}.png",
-            fig_dose_response(c["summary"], c["pair"], left),
-            f"{c['pair']}: dose-response of the judge, the probe's reading and perplexity.",
+    old = [c for c in checks if c.get("format", 1) < 2]
+    for c in (c for c in checks if c.get("format", 1) >= 2):
+        _section_v2(doc, c)
+    if old:
+        doc.p(
+            "Older checks (one pair, fixed alphas, VADER only) in "
+            + ", ".join(f"`{c['folder']}`" for c in old)
+            + ": rerun `emofast steer-check` for the budgeted, all-pair version."
         )
+
+
+def _cell(v: dict, key: str = "") -> str:
+    rho, lo, hi = v[f"{key}rho"], v[f"{key}lo"], v[f"{key}hi"]
+    return f"{rho:+.2f} [{lo:+.2f}, {hi:+.2f}]" if np.isfinite(rho) else "n/a"
+
+
+def _section_v2(doc, c: dict) -> None:
+    b = c["budget"]
+    how = (
+        f"strength chosen per pair and direction on {len(c['calibration_prompt_ids'])} calibration prompts as the "
+        f"largest |alpha| whose perplexity under the unsteered model stays within {b['max_ppl_ratio']}x that of "
+        "the unsteered texts"
+        + (f" and whose mean KL stays within {b['max_kl']}" if b.get("max_kl") is not None else "")
+        + " (doubling, then bisection); the evaluated alphas lie evenly inside that range"
+        if c["alphas"] == "calibrated"
+        else f"fixed alphas {c['alphas']}"
+    )
+    doc.p(
+        f"`{c['folder']}`: {c['n_prompts']} evaluation prompts, {how}. Each alpha adds alpha·σ·d at the pair's "
+        "layers (positive toward the left side); the same alphas along a random direction of the same layers and "
+        "scale are the control; the prompting baseline asks for the left or the right side's tone. rho: Spearman "
+        "correlation of alpha with the judge, 95% bootstrap interval over prompts; a judge is met when rho has its "
+        f"expected sign, |rho| >= {c['min_rho']} and the interval excludes 0. Steering / prompting: the judge's "
+        "change across the evaluated range over its change between the two instructions."
+    )
+    judges = list(c["judges"])
+    eff = {(e["arm"], e["judge"]): e for e in c["effects"]}
+    rows = []
+    for arm, v in c["verdict"].items():
+        row = [arm, f"{v['alpha_range'][0]:+.2g} .. {v['alpha_range'][1]:+.2g}"]
+        for j in judges:
+            jv = v["judges"][j]
+            sign = {1: "+", -1: "-", None: "?"}[jv["expected_sign"]]
+            row.append(f"({sign}) {_cell(jv)}{' ✓' if jv['meets'] else ''}")
+            row.append(_cell(jv, "random_"))
+            e = eff.get((arm, j))
+            row.append(
+                f"{e['fraction']:.2f} [{e['fraction_lo']:.2f}, {e['fraction_hi']:.2f}]"
+                if e and np.isfinite(e["fraction"])
+                else "n/a"
+            )
+        row.append(f"{v['max_ppl_ratio_evaluated']:.2f} / {v['max_kl_evaluated']:.3f}")
+        rows.append(row)
+    head = ["arm", "alpha range"]
+    for j in judges:
+        head += [f"rho {j} (expected sign)", f"rho {j}, random", f"{j}: steering / prompting"]
+    head.append("max ppl ratio / KL")
+    doc.table(head, rows)
+    cannot = [arm for arm, v in c["verdict"].items() if v["steerable_within_budget"] is False]
+    if cannot:
+        doc.p(
+            f"**Not steerable within the budget** (no alpha passed, down to the smallest tried): {', '.join(cannot)}."
+        )
+    if c.get("judges_skipped"):
+        doc.p("Skipped judges: " + "; ".join(f"{k}: {w}" for k, w in c["judges_skipped"].items()))
+    doc.figure(
+        f"steer_{c['folder']}.png",
+        fig_steer_check(c),
+        "Per pair: the judges against alpha for the pair's direction and the random one, the prompting baseline, "
+        "and the damage.",
+    )
