@@ -121,6 +121,19 @@ def test_steer_check_by_default_calibrates_every_pair(fitted, tmp_path):
     assert res["judges_skipped"] == {}
     png = (tmp_path / "sc" / "dose_response.png").read_bytes()
     assert png[:4] == b"\x89PNG"
+    # the run report's section: one table row per pair, the figure, old-format checks pointed at
+    from emofast.report.doc import Doc
+    from emofast.report.steering import section_steering, steer_checks
+
+    (tmp_path / "steer-check-old").mkdir()
+    (tmp_path / "steer-check-old" / "summary.json").write_text(json.dumps({"pair": "sad_vs_happy"}))
+    (tmp_path / "steer-check").mkdir()
+    (tmp_path / "steer-check" / "summary.json").write_text((tmp_path / "sc" / "summary.json").read_text())
+    doc = Doc("t")
+    section_steering(doc, steer_checks(tmp_path))
+    md = doc.markdown()
+    assert all(f"| {name} |" in md for name in probe.names) and "rho vader" in md and "steer-check-old" in md
+    assert doc.figures
 
 
 def test_layer_sweep_arms(fitted, tmp_path):
