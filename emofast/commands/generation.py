@@ -130,6 +130,9 @@ def cmd_trace(args, load) -> int:
         raise ValueError(f"--out {out}: expected a .parquet or .csv file")
     kw = {"max_new_tokens": args.max_new_tokens, "do_sample": args.sample, "seed": args.seed, "ids": ids}
     if alphas:
+        from ..generation.trace import token_reference
+
+        kw["reference"] = token_reference(model, tok, probe)  # the unsteered model's reference, measured first
         with Steering(model, probe, alphas, where=args.where, kind=args.vector, tok=tok):
             table = trace(model, tok, texts, probe, include_prompt=not args.no_prompt, **kw)
     else:

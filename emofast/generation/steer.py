@@ -355,6 +355,10 @@ def steer(
         "temperature": temperature,
         "top_p": top_p,
     }
+    if trace:  # the per-token reference is the *unsteered* model's reading of neutral text: measure it first
+        from .trace import token_reference
+
+        kw["reference"] = token_reference(model, tok, probe, chat_template=chat_template)
     if isinstance(alphas, Mapping):
         with Steering(model, probe, alphas, vectors=vectors, where=where, kind=kind, tok=tok):
             return _generate(model, tok, prompts, probe, trace=trace, seed=seed, batch_size=batch_size, **kw)
@@ -391,7 +395,9 @@ def steer(
 
 def _generate(model, tok, prompts, probe, *, trace, seed, batch_size, first_id=0, chat_template=None, **kw):
     """Generation (or tracing) under whatever steering is active; prompt ids count from ``first_id``."""
+    reference = kw.pop("reference", None)
     if trace:
+        kw["reference"] = reference
         import json
 
         ids = [str(first_id + i) for i in range(len(prompts))]
