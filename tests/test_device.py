@@ -137,3 +137,42 @@ def test_vllm_backend_keeps_the_users_setting(fake_vllm, monkeypatch):
         emofast.load_model(str(fake_vllm), backend="vllm", dtype="float32", tensor_parallel_size=2)
     emofast.load_model(str(fake_vllm), backend="vllm", dtype="float32")
     assert _FakeLLM.built[-1].env == "0"
+
+
+# ------------------------------------------------------------------- an OOM inside the kernel's first-call check
+
+
+def test_an_oom_in_the_kernel_check_does_not_halve_the_batch(monkeypatch):
+    """A GPU short of memory, simulated: the first-call check's reference raises OutOfMemoryError above 16 rows.
+    The check shrinks its sample; the engine never sees the error (it would halve its batch for the rest of the
+    run and warn), the kernel is kept, and the numbers equal the torch path's."""
+    import warnings
+
+    import emofast.kernels as kernels
+
+    if not kernels.available()["cpp"]:
+        pytest.skip("needs the C++ kernel (the automatic choice for 'mean' on the CPU)")
+    tok = tiny.tokenizer()
+    emofast.capture.models.prepare_tokenizer(tok)
+    model = tiny.model("llama")
+    texts = TEXTS * 4
+    monkeypatch.setenv(kernels.KERNEL_ENV, "torch")
+    ref = emofast.extract(model, tok, texts, position="mean", batch_size=12)
+    monkeypatch.delenv(kernels.KERNEL_ENV)
+    monkeypatch.setattr(kernels, "_verified", set())
+    monkeypatch.setattr(kernels, "_disabled", {})
+    real, calls = kernels.select_reduce_reference, []
+
+    def short_of_memory(x, *args, **kwargs):
+        calls.append(x.shape[1])
+        if x.shape[1] > 16:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(kernels, "select_reduce_reference", short_of_memory)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no "retrying with 6", no fallback
+        got = emofast.extract(model, tok, texts, position="mean", batch_size=12)
+    assert max(calls) > 16 and 16 in calls
+    assert kernels._verified and not kernels.disabled()
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
