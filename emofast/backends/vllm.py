@@ -76,7 +76,7 @@ from ..capture.plan import (
     row_plan,
 )
 
-__all__ = ["load_model", "VLLMModel", "allow_function_transfer", "INSECURE_SERIALIZATION_ENV"]
+__all__ = ["load_model", "VLLMModel", "allow_function_transfer", "INSECURE_SERIALIZATION_ENV", "decoder_of"]
 
 INSECURE_SERIALIZATION_ENV = "VLLM_ALLOW_INSECURE_SERIALIZATION"
 _MULTIPROCESSING_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
@@ -354,7 +354,7 @@ class _PassSpec:
 _CAPTURES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _decoder(model: nn.Module):
+def decoder_of(model: nn.Module):
     """The decoder stack inside a vLLM ``*ForCausalLM`` and its :class:`~emofast.models.Layout`."""
     for name in ("model", "transformer", "language_model"):
         inner = getattr(model, name, None)
@@ -410,7 +410,7 @@ class _Capture:
         self.error: BaseException | None = None
         self.step = None  # (batch, sel) of the step running now
         self.handles = []
-        self.decoder, layout = _decoder(model)
+        self.decoder, layout = decoder_of(model)
         if layout.num_layers != spec.num_layers:
             raise RuntimeError(f"the vLLM model has {layout.num_layers} decoder layers, its config {spec.num_layers}")
         self.deepest = max(spec.layers)

@@ -27,6 +27,7 @@ import torch
 
 from ..capture.models import resolve_layout
 from ..capture.prompts import check_texts
+from .backend import is_vllm, pop_steering, push_steering, vllm_texts
 from .hooks import input_device, is_prompt_step, residual_hook
 from .plan import as_settings, row_additions
 from .trace import encode_prompts, generation_kwargs
@@ -178,6 +179,10 @@ class AddSteering:
         if where not in WHERE:
             raise ValueError(f"where={where!r}: expected one of {', '.join(WHERE)}")
         self.model, self.where = model, where
+        self.handles = []
+        if is_vllm(model):  # vLLM adds them inside its workers (emofast.generation.backend)
+            self.vectors = {int(k): torch.as_tensor(v, dtype=torch.float32) for k, v in additions.items()}
+            return
         self.layout = resolve_layout(model)
         device = input_device(model)
         dtype = next(model.parameters()).dtype
@@ -204,6 +209,10 @@ class AddSteering:
         return hook
 
     def __enter__(self):
+        if is_vllm(self.model):
+            push_steering(self.model, self.vectors, self.where)
+            return self
+
         def mark(_mod, _args, kwargs):
             self.prompt_step = is_prompt_step(kwargs)
 
@@ -212,6 +221,9 @@ class AddSteering:
         return self
 
     def __exit__(self, *exc):
+        if is_vllm(self.model):
+            pop_steering(self.model)
+            return
         for h in self.handles:
             h.remove()
         self.handles = []
@@ -281,11 +293,16 @@ def generate_texts(
     """
     prompts = check_texts(prompts)
     chat_template = bool(chat_template and getattr(tok, "chat_template", None) is not None)
+    eos = {tok.eos_token_id, tok.pad_token_id} - {None}
+    if is_vllm(model):  # one vLLM call: its scheduler batches
+        kw = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "temperature": temperature, "top_p": top_p}
+        return vllm_texts(
+            model, tok, prompts, system_prompt=system_prompt, chat_template=chat_template, seed=seed, end_ids=eos, **kw
+        )
     bs = batch_size or min(32, max(1, len(prompts)))
     kw = generation_kwargs(
         tok, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p
     )
-    eos = {tok.eos_token_id, tok.pad_token_id} - {None}
     out_texts = []
     for b0 in range(0, len(prompts), bs):
         ids, mask = encode_prompts(
@@ -369,7 +386,8 @@ def steer(
     active = sorted({n for s in settings for n, a in s.items() if a})
     if vectors is None and active:
         vectors = steering_vectors(model, tok, probe, pairs=active, kind=kind)
-    bs = batch_size or min(32, max(1, len(prompts)))
+    # vLLM: one call with every row (its scheduler batches them); HF: batches of batch_size
+    bs = batch_size or (max(1, len(prompts)) if is_vllm(model) else min(32, max(1, len(prompts))))
     texts, tables = [], []
     for k, b0 in enumerate(range(0, len(prompts), bs)):
         rows = slice(b0, b0 + bs)

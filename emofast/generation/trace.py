@@ -20,8 +20,10 @@ import torch
 
 from ..capture.models import resolve_layout
 from ..capture.prompts import check_texts, render_prompts
+from .backend import is_vllm, vllm_readings
 from .hooks import input_device, residual_hook
-from .readings import REFERENCE_TEXTS, finish_columns, reading_columns, sink_positions
+from .readings import REFERENCE_TEXTS, reading_columns, sink_positions
+from .table import TraceTable, cut_at_end
 
 __all__ = ["trace", "trace_rows", "token_reference", "Recorder", "encode_prompts", "generation_kwargs"]
 
@@ -107,6 +109,32 @@ def _read_last(model, out, mask):
         model(input_ids=seq[:, -1:], attention_mask=full, position_ids=pos, **{arg: cache})
 
 
+def _prompt_readings(model, tok, probe, texts, chat_template, system_prompt, batch_size):
+    """Per text, the readings of every real token of the rendered prompt: ``(proj [P, nL, K], norms [P, nL])``."""
+    layers = probe.scoring_layers()
+    if is_vllm(model):
+        for g in vllm_readings(model, tok, probe, texts, chat_template=chat_template, system_prompt=system_prompt):
+            yield g.proj, g.norms
+        return
+    with torch.inference_mode():
+        for b0 in range(0, len(texts), batch_size):
+            ids, mask = encode_prompts(
+                tok,
+                texts[b0 : b0 + batch_size],
+                chat_template=chat_template,
+                system_prompt=system_prompt,
+                device=input_device(model),
+            )
+            pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
+            with Recorder(model, probe, layers) as rec:
+                model(input_ids=ids, attention_mask=mask, position_ids=pos)
+            proj, norms = rec.stacked()  # [B, T, nL, K], [B, T, nL]
+            m = mask.cpu().bool()
+            for i in range(ids.shape[0]):
+                real = torch.nonzero(m[i]).flatten()
+                yield proj[i, real], norms[i, real]
+
+
 def token_reference(model, tok, probe, texts=None, *, chat_template=None, batch_size: int = 16) -> dict:
     """Per-token mean and spread of each reading column on neutral text: ``{column: (mean, sd)}`` plus
     ``"_n_tokens"``.
@@ -131,26 +159,11 @@ def token_reference(model, tok, probe, texts=None, *, chat_template=None, batch_
     layers = probe.scoring_layers()
     names = reading_columns(probe.column_names())
     values = {c: [] for c in names}
-    with torch.inference_mode():
-        for b0 in range(0, len(texts), batch_size):
-            ids, mask = encode_prompts(
-                tok,
-                texts[b0 : b0 + batch_size],
-                chat_template=chat_template,
-                system_prompt=system_prompt,
-                device=input_device(model),
-            )
-            pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
-            with Recorder(model, probe, layers) as rec:
-                model(input_ids=ids, attention_mask=mask, position_ids=pos)
-            proj, norms = rec.stacked()  # [B, T, nL, K], [B, T, nL]
-            m = mask.cpu().bool()
-            for i in range(ids.shape[0]):
-                real = torch.nonzero(m[i]).flatten()
-                keep = real[~sink_positions(norms[i, real])]
-                col = probe.columns(proj[i, keep], norms[i, keep], layers)
-                for c in names:
-                    values[c].append(np.asarray(col[c], dtype=np.float64))
+    for proj, norms in _prompt_readings(model, tok, probe, texts, chat_template, system_prompt, batch_size):
+        keep = torch.nonzero(~sink_positions(norms)).flatten()
+        col = probe.columns(proj[keep], norms[keep], layers)
+        for c in names:
+            values[c].append(np.asarray(col[c], dtype=np.float64))
     ref: dict = {"_n_tokens": int(sum(len(v) for v in values[names[0]])) if names else 0}
     for c in names:
         v = np.concatenate(values[c]) if values[c] else np.zeros(0)
@@ -274,16 +287,29 @@ def trace_rows(
         tok, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p
     )
     layers = probe.scoring_layers()
-    cols: dict[str, list] = {"prompt_id": [], "token_index": [], "token": [], "is_generated": []}
-    readings: list[dict] = []
-    calibrated: list[bool] = []
-    sinks: list[bool] = []
-    texts: list[str] = []
+    table = TraceTable(tok, probe, layers, include_prompt=include_prompt, at_last=at_last)
     if isinstance(reference, str):
         if reference != "neutral":
             raise ValueError(f"reference must be 'neutral', a dict or None, not {reference!r}")
         reference = token_reference(model, tok, probe, chat_template=chat_template)
     eos = {tok.eos_token_id, tok.pad_token_id} - {None}
+    if is_vllm(model):
+        gens = vllm_readings(
+            model,
+            tok,
+            probe,
+            prompts,
+            chat_template=chat_template,
+            system_prompt=system_prompt,
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            seed=seed,
+            temperature=temperature,
+            top_p=top_p,
+        )
+        for i, g in enumerate(gens):
+            table.add(ids[i], g.prompt_ids, cut_at_end(g.output_ids, eos), g.proj, g.norms)
+        return table.finish(reference), table.texts
     was_training = model.training
     model.eval()
     try:
@@ -304,33 +330,12 @@ def trace_rows(
             P = input_ids.shape[1]
             m = mask.cpu().bool()
             for i in range(len(batch)):
-                gen = seq[i, P:].tolist()
-                n_gen = next((k for k, t in enumerate(gen) if t in eos), len(gen))
-                texts.append(tok.decode(gen[:n_gen], skip_special_tokens=True))
-                prompt_pos = torch.nonzero(m[i]).flatten().tolist() if include_prompt else []
-                positions = prompt_pos + [P + k for k in range(n_gen) if P + k < proj.shape[1]]
-                if not positions:
-                    continue
-                first = int(torch.nonzero(m[i]).flatten()[0])
-                pos_t = torch.tensor(positions)
-                real = torch.nonzero(m[i]).flatten().tolist() + [P + k for k in range(n_gen) if P + k < proj.shape[1]]
-                sink_of = dict(zip(real, sink_positions(norms[i, torch.tensor(real)]).tolist()))
-                sinks += [sink_of[p] for p in positions]
-                calibrated += [p == P - 1 and at_last for p in positions]
-                col = probe.columns(proj[i, pos_t], norms[i, pos_t], layers)
-                readings.append(col)
-                tokens = seq[i, pos_t].tolist()
-                cols["prompt_id"] += [ids[b0 + i]] * len(positions)
-                cols["token_index"] += [p - first for p in positions]
-                cols["token"] += [tok.decode([t]) for t in tokens]
-                cols["is_generated"] += [p >= P for p in positions]
+                gen = cut_at_end(seq[i, P:].tolist(), eos)
+                real = torch.nonzero(m[i]).flatten().tolist()
+                read = real + [P + k for k in range(len(gen)) if P + k < proj.shape[1]]
+                table.add(ids[b0 + i], seq[i, real].tolist(), gen, proj[i, read], norms[i, read])
             del rec
     finally:
         if was_training:
             model.train()
-    names = probe.column_names()
-    for name in names:
-        cols[name] = np.concatenate([r[name] for r in readings]) if readings else np.zeros(0, dtype=np.float32)
-    cols["token_index"] = np.asarray(cols["token_index"], dtype=np.int64)
-    finish_columns(cols, reference, calibrated, sinks)
-    return cols, texts
+    return table.finish(reference), table.texts

@@ -1,0 +1,88 @@
+"""One trace table for every backend: rows of per-token readings assembled from each sequence's projections.
+
+The Hugging Face path (:func:`emofast.generation.trace.trace`, hooks on ``model.generate``) and the vLLM path
+(:func:`emofast.backends.vllm_generate.generate`) both end with, per prompt, its token ids, the generated ids and
+the projections and norms of every position read; :class:`TraceTable` turns them into the same columns
+(``prompt_id``, ``token_index``, ``token``, ``is_generated``, the probe's columns, then ``is_sink``,
+``calibrated`` and the ``tz_`` columns of :func:`~emofast.generation.readings.finish_columns`).
+
+Example:
+    >>> t = TraceTable(tok, probe, probe.scoring_layers(), include_prompt=True, at_last=True)   # doctest: +SKIP
+    >>> t.add("0", [1, 5, 9], [7, 8], proj, norms)   # proj [5, nL, K], norms [5, nL]            # doctest: +SKIP
+    >>> cols = t.finish(reference=None)                                                        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .readings import finish_columns, sink_positions
+
+__all__ = ["TraceTable", "cut_at_end"]
+
+
+def cut_at_end(ids: list, end_ids) -> list:
+    """``ids`` up to (not including) the first end-of-sequence or pad token."""
+    n = next((k for k, t in enumerate(ids) if t in end_ids), len(ids))
+    return list(ids[:n])
+
+
+class TraceTable:
+    """Accumulates the rows of a trace, one sequence at a time.
+
+    Args:
+        tok: the tokenizer (decodes tokens and texts).
+        probe: the probe (its ``columns(proj, norms, layers)`` and ``column_names()``).
+        layers: the scoring layers the projections were taken at (``nL``).
+        include_prompt: also emit the prompt's tokens.
+        at_last: the probe was calibrated at the last prompt token (its ``p_`` columns hold numbers there only).
+    """
+
+    def __init__(self, tok, probe, layers, *, include_prompt: bool, at_last: bool):
+        self.tok, self.probe, self.layers = tok, probe, list(layers)
+        self.include_prompt, self.at_last = include_prompt, at_last
+        self.cols: dict[str, list] = {"prompt_id": [], "token_index": [], "token": [], "is_generated": []}
+        self.readings: list[dict] = []
+        self.calibrated: list[bool] = []
+        self.sinks: list[bool] = []
+        self.texts: list[str] = []
+
+    def add(self, prompt_id, prompt_ids, gen_ids, proj: torch.Tensor, norms: torch.Tensor) -> None:
+        """One sequence.
+
+        Args:
+            prompt_id: its name.
+            prompt_ids: ``[P]`` the prompt's real tokens (no padding).
+            gen_ids: ``[n]`` the generated tokens, cut before any end-of-sequence token (:func:`cut_at_end`).
+            proj: ``[R, nL, K]`` projections of positions ``0..R-1`` of prompt + generated tokens
+                (``R <= P + n``: the last generated token may have none).
+            norms: ``[R, nL]`` residual norms at the same positions.
+        """
+        P, n = len(prompt_ids), len(gen_ids)
+        R = min(int(proj.shape[0]), P + n)
+        self.texts.append(self.tok.decode(list(gen_ids), skip_special_tokens=True))
+        positions = (list(range(P)) if self.include_prompt else []) + list(range(P, R))
+        if not positions:
+            return
+        sink = sink_positions(norms[:R]).tolist()
+        all_ids = list(prompt_ids) + list(gen_ids)
+        pos_t = torch.tensor(positions)
+        self.sinks += [sink[p] for p in positions]
+        self.calibrated += [p == P - 1 and self.at_last for p in positions]
+        self.readings.append(self.probe.columns(proj[pos_t], norms[pos_t], self.layers))
+        self.cols["prompt_id"] += [str(prompt_id)] * len(positions)
+        self.cols["token_index"] += positions
+        self.cols["token"] += [self.tok.decode([all_ids[p]]) for p in positions]
+        self.cols["is_generated"] += [p >= P for p in positions]
+
+    def finish(self, reference) -> dict:
+        """The table's columns (numpy arrays or lists), ``tz_`` columns against ``reference`` (None: none)."""
+        cols = dict(self.cols)
+        for name in self.probe.column_names():
+            cols[name] = (
+                np.concatenate([r[name] for r in self.readings]) if self.readings else np.zeros(0, dtype=np.float32)
+            )
+        cols["token_index"] = np.asarray(cols["token_index"], dtype=np.int64)
+        finish_columns(cols, reference, self.calibrated, self.sinks)
+        return cols
