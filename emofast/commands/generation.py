@@ -46,6 +46,12 @@ def add_parsers(sub, add_model_args) -> None:
             p.add_argument("--plot", default=None, help="PNG of the readings over tokens (first prompt)")
             p.add_argument("--html", default=None, help="page with the text coloured by the leading reading")
             p.add_argument("--no-prompt", action="store_true", help="only the generated tokens")
+            p.add_argument(
+                "--chunk-size",
+                type=int,
+                default=256,
+                help="with --input: prompts per shard and checkpoint (resumable; one vLLM call each)",
+            )
     c = sub.add_parser(
         "steer-check",
         help="causal check: steer each pair within a damage budget; do outside judges move, and how far does asking?",
@@ -123,11 +129,13 @@ def cmd_trace(args, load) -> int:
     from ..report.steering import fig_trace, trace_html
 
     model, tok, probe = _model_and_probe(args, load)
-    ids, texts = _prompts(args)
     alphas = parse_steer(args.steer)
     out = Path(args.out)
     if out.suffix not in (".parquet", ".csv"):
         raise ValueError(f"--out {out}: expected a .parquet or .csv file")
+    if args.input:
+        return _trace_file(args, model, tok, probe, alphas, out)
+    ids, texts = _prompts(args)
     kw = {"max_new_tokens": args.max_new_tokens, "do_sample": args.sample, "seed": args.seed, "ids": ids}
     if alphas:
         from ..generation.trace import token_reference
@@ -147,6 +155,42 @@ def cmd_trace(args, load) -> int:
     for i, t in zip(ids, json.loads(table.schema.metadata[b"generated_texts"])):
         print(f"[{i}] {t}")
     print(f"wrote {out} ({table.num_rows} tokens)")
+    return 0
+
+
+def _trace_file(args, model, tok, probe, alphas, out: Path) -> int:
+    """``--input``: stream the prompts through :func:`~emofast.commands.trace_corpus.trace_corpus` (shards,
+    resumable); the plot and page show the first prompt."""
+    import pyarrow.parquet as pq
+
+    from ..report.steering import fig_trace, trace_html
+    from .trace_corpus import trace_corpus
+
+    res = trace_corpus(
+        model,
+        tok,
+        probe,
+        args.input,
+        out,
+        chunk_size=args.chunk_size,
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.sample,
+        seed=args.seed,
+        include_prompt=not args.no_prompt,
+        steer=alphas or None,
+        where=args.where,
+        kind=args.vector,
+        progress=not args.no_progress,
+    )
+    if args.plot or args.html:
+        first = out.with_name(out.name + ".parts") / "part-000000.parquet"
+        rows = pq.read_table(first).to_pylist() if first.is_file() else []
+        if rows and args.plot:
+            Path(args.plot).write_bytes(fig_trace(rows, rows[0]["prompt_id"]))
+        if rows and args.html:
+            first_id = rows[0]["prompt_id"]
+            Path(args.html).write_text(trace_html([r for r in rows if r["prompt_id"] == first_id]), encoding="utf-8")
+    print(res.line())
     return 0
 
 

@@ -38,7 +38,20 @@ import numpy as np
 from ..data.textio import BadRecord, input_files, iter_records, sha256_file
 from ..fileio import atomic_write_bytes, write_json
 
-__all__ = ["score_corpus", "CheckpointError", "ScoreSummary", "fingerprint_inputs", "count_records"]
+__all__ = [
+    "score_corpus",
+    "CheckpointError",
+    "ScoreSummary",
+    "fingerprint_inputs",
+    "count_records",
+    "Checkpoint",
+    "record_chunks",
+    "part_name",
+    "errors_name",
+    "finish_shards",
+    "assemble",
+    "probe_identity",
+]
 
 FORMAT = 2  # 1: one checkpoint per rank, a chunk per rank (refused: delete its folder)
 
@@ -106,7 +119,7 @@ def count_records(path) -> int:
     return max(total, 0)
 
 
-class _Checkpoint:
+class Checkpoint:
     """The job's progress (rank 0 writes it), sealed with a SHA-256 of its own content to detect corruption."""
 
     def __init__(self, path: Path, identity: dict):
@@ -129,19 +142,20 @@ class _Checkpoint:
             raise CheckpointError(
                 f"{self.path}: corrupted checkpoint (its checksum does not match); delete {work} to start over"
             )
-        for key in ("probe", "input", "format", "chunk_size", "columns"):
+        for key in ("probe", "input", "format", "chunk_size", "columns", "settings"):
             if body["identity"].get(key) != self.identity.get(key):
                 what = {
                     "probe": "another probe",
                     "input": "another input",
                     "chunk_size": "another chunk size",
+                    "settings": "other settings",
                 }.get(key, f"another {key}")
                 raise CheckpointError(
                     f"{self.path}: this checkpoint belongs to {what} ({key} differs); refusing to merge. "
                     f"Use another --out, or delete {work} to start over"
                 )
         for c in body["chunks"]:
-            shard = work / _part_name(c["index"])
+            shard = work / part_name(c["index"])
             if not shard.is_file() or sha256_file(shard) != c["sha256"]:
                 raise CheckpointError(f"{shard}: missing or changed since the checkpoint; delete {work} to start over")
         self.chunks = body["chunks"]
@@ -157,15 +171,15 @@ class _Checkpoint:
             write_json(self.path, indent=1, sort_keys=True, obj={"body": body, "sha256": self._seal(body)})
 
 
-def _part_name(k: int) -> str:
+def part_name(k: int) -> str:
     return f"part-{k:06d}.parquet"
 
 
-def _errors_name(k: int) -> str:
+def errors_name(k: int) -> str:
     return f"errors-{k:06d}.jsonl"
 
 
-def _chunks(path, chunk_size: int, start):
+def record_chunks(path, chunk_size: int, start):
     """Yield ``(records, bad, resume_after)``: ``resume_after`` is ``[file, line]`` where the next chunk starts."""
     records, bad = [], []
     last = None
@@ -223,7 +237,7 @@ def score_corpus(
     out = Path(out)
     single = out.suffix.lower() in (".parquet", ".csv")
     work = out.with_name(out.name + ".parts") if single else out
-    ckpt = _Checkpoint(work / "checkpoint.json", {})
+    ckpt = Checkpoint(work / "checkpoint.json", {})
     state = None
     if writer:
         # Rank 0 alone reads the checkpoint; every rank learns from it where to resume, or why not.
@@ -231,7 +245,7 @@ def score_corpus(
             work.mkdir(parents=True, exist_ok=True)
             ckpt.identity = {
                 "format": FORMAT,
-                "probe": probe_id or _probe_id(probe),
+                "probe": probe_id or probe_identity(probe),
                 "input": fingerprint_inputs(input_path),
                 "chunk_size": chunk_size,
                 "columns": probe.column_names(),
@@ -269,7 +283,7 @@ def score_corpus(
     rows = errors = tokens = 0
     rank_texts: list[int] = []
     new_chunks = 0
-    for k, (records, bad, resume) in enumerate(_chunks(input_path, chunk_size, tuple(start)), start=resumed):
+    for k, (records, bad, resume) in enumerate(record_chunks(input_path, chunk_size, tuple(start)), start=resumed):
         if strict and bad:
             raise ValueError(f"bad input record (--strict): {bad[0]}")
         stats: dict = {}
@@ -304,7 +318,7 @@ def score_corpus(
     seconds = time.perf_counter() - t0
     finished = max_chunks is None or new_chunks < max_chunks
     if writer and finished:
-        _finish(work, ckpt.chunks, out if single else None)
+        finish_shards(work, ckpt.chunks, out if single else None)
     return ScoreSummary(
         rows=sum(c["rows"] for c in ckpt.chunks),
         errors=sum(c["errors"] for c in ckpt.chunks),
@@ -331,12 +345,12 @@ def _write_chunk(work: Path, k: int, records, bad, cols: dict) -> str:
             **{c: _column(v) for c, v in cols.items()},
         }
     )
-    part = work / _part_name(k)
+    part = work / part_name(k)
     tmp = part.with_name(part.name + f".tmp{os.getpid()}")
     pq.write_table(table, tmp)
     os.replace(tmp, part)
     atomic_write_bytes(
-        work / _errors_name(k),
+        work / errors_name(k),
         "".join(json.dumps({"source": b.source, "line": b.line, "problem": b.problem}) + "\n" for b in bad).encode(),
     )
     return sha256_file(part)
@@ -356,7 +370,8 @@ def _column(values):
     return pa.array(v.astype(str), pa.string()) if v.dtype.kind in "OUS" else pa.array(v, pa.float32())
 
 
-def _probe_id(probe) -> str:
+def probe_identity(probe) -> str:
+    """A hash of a probe's tensors and spec: the checkpoint's identity of the probe."""
     h = hashlib.sha256()
     h.update(probe.directions.numpy().tobytes())
     h.update(probe.midpoints.numpy().tobytes())
@@ -364,14 +379,12 @@ def _probe_id(probe) -> str:
     return h.hexdigest()
 
 
-def _finish(work: Path, chunks: list[dict], single: Path | None) -> None:
+def finish_shards(work: Path, chunks: list[dict], single: Path | None) -> None:
     """Write the manifest and errors.jsonl from the checkpoint's chunks; assemble ``single`` if asked.
 
     ``rank_texts`` in the manifest: texts each rank computed, summed over the shards (a job resumed with another
     number of processes adds up its shards' lists position by position; ``world_sizes`` lists the sizes used).
     """
-    import pyarrow.parquet as pq
-
     indices = [c["index"] for c in chunks]
     if indices != list(range(len(indices))):
         raise CheckpointError(f"{work}: the checkpoint's chunks are not 0..{len(indices) - 1}; delete {work}")
@@ -379,7 +392,7 @@ def _finish(work: Path, chunks: list[dict], single: Path | None) -> None:
         "format": FORMAT,
         "shards": [
             {
-                "file": _part_name(c["index"]),
+                "file": part_name(c["index"]),
                 "rows": c["rows"],
                 "errors": c["errors"],
                 "sha256": c["sha256"],
@@ -395,13 +408,19 @@ def _finish(work: Path, chunks: list[dict], single: Path | None) -> None:
     }
     with open(work / "errors.jsonl.tmp", "wb") as f:
         for c in chunks:
-            f.write((work / _errors_name(c["index"])).read_bytes())
+            f.write((work / errors_name(c["index"])).read_bytes())
     os.replace(work / "errors.jsonl.tmp", work / "errors.jsonl")
     write_json(work / "manifest.json", indent=1, sort_keys=True, obj=manifest)
-    if single is None:
-        return
+    if single is not None:
+        assemble([work / sh["file"] for sh in manifest["shards"]], single)
+
+
+def assemble(files, single: Path) -> None:
+    """Concatenate Parquet ``files`` into ``single`` (``.parquet`` or ``.csv``), written to a temporary file and
+    renamed."""
+    import pyarrow.parquet as pq
+
     tmp = single.with_name(single.name + ".tmp")
-    files = [work / s["file"] for s in manifest["shards"]]
     if single.suffix.lower() == ".parquet":
         writer = None
         for f in files:
@@ -409,7 +428,7 @@ def _finish(work: Path, chunks: list[dict], single: Path | None) -> None:
             writer = writer or pq.ParquetWriter(tmp, t.schema)
             writer.write_table(t)
         if writer is None:
-            raise CheckpointError(f"{work}: no shards to assemble")
+            raise CheckpointError(f"{single}: no shards to assemble")
         writer.close()
     else:
         import pyarrow.csv as pcsv
@@ -420,6 +439,6 @@ def _finish(work: Path, chunks: list[dict], single: Path | None) -> None:
             writer = writer or pcsv.CSVWriter(str(tmp), t.schema)
             writer.write_table(t)
         if writer is None:
-            raise CheckpointError(f"{work}: no shards to assemble")
+            raise CheckpointError(f"{single}: no shards to assemble")
         writer.close()
     os.replace(tmp, single)

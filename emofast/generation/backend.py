@@ -56,6 +56,8 @@ def active_steering(model) -> dict:
 def tokenize(tok, prompts, *, chat_template: bool, system_prompt) -> list[list[int]]:
     """Each prompt's token ids, rendered and tokenized as :func:`emofast.generation.trace.encode_prompts` does
     (the same ids, without the padding)."""
+    if not prompts:
+        return []
     texts = render_prompts(tok, prompts, chat_template, system_prompt if chat_template else None)
     return [list(ids) for ids in tok(texts, padding=False)["input_ids"]]
 

@@ -19,7 +19,7 @@ import torch
 
 from .readings import finish_columns, sink_positions
 
-__all__ = ["TraceTable", "cut_at_end"]
+__all__ = ["TraceTable", "cut_at_end", "summarize"]
 
 
 def cut_at_end(ids: list, end_ids) -> list:
@@ -86,3 +86,46 @@ class TraceTable:
         cols["token_index"] = np.asarray(cols["token_index"], dtype=np.int64)
         finish_columns(cols, reference, self.calibrated, self.sinks)
         return cols
+
+
+def summarize(cols: dict, ids, texts) -> dict:
+    """Per generation, the mean, max and min of every reading over its generated tokens (sinks left out):
+    ``{"prompt_id", "text", "n_generated", "mean_<col>", "max_<col>", "min_<col>"}``, one row per prompt of
+    ``ids`` (in order), ``<col>`` each raw reading (``sad_vs_happy``, ``z_joy``) and its ``tz_`` column. A prompt
+    without a generated token reads NaN.
+
+    >>> cols = {"prompt_id": ["a", "a", "a", "b"], "is_generated": [False, True, True, False],
+    ...         "is_sink": [False, False, False, False], "sad_vs_happy": np.array([9.0, 1.0, 3.0, 5.0])}
+    >>> s = summarize(cols, ["a", "b"], ["x", ""])
+    >>> s["mean_sad_vs_happy"].tolist(), s["max_sad_vs_happy"].tolist()[0], s["n_generated"].tolist()
+    ([2.0, nan], 3.0, [2, 0])
+    """
+    from .readings import reading_columns
+
+    names = [c for c in cols if c in reading_columns(list(cols)) or c.startswith("tz_")]
+    pid = np.asarray(cols["prompt_id"], dtype=object)
+    use = np.asarray(cols["is_generated"], dtype=bool) & ~np.asarray(cols["is_sink"], dtype=bool)
+    ids = [str(i) for i in ids]
+    where = {i: k for k, i in enumerate(ids)}
+    if len(where) != len(ids):
+        raise ValueError("summarize: prompt ids must be unique")
+    group = np.array([where.get(p, -1) for p in pid], dtype=np.int64)
+    keep = use & (group >= 0)
+    n = np.bincount(group[keep], minlength=len(ids))
+    out: dict = {"prompt_id": ids, "text": list(texts), "n_generated": n.astype(np.int64)}
+    for c in names:
+        v = np.asarray(cols[c], dtype=np.float64)[keep]
+        g = group[keep]
+        total = np.bincount(g, weights=v, minlength=len(ids))
+        hi = np.full(len(ids), -np.inf)
+        lo = np.full(len(ids), np.inf)
+        np.maximum.at(hi, g, v)
+        np.minimum.at(lo, g, v)
+        empty = n == 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = total / n
+        for name, arr in (("mean", mean), ("max", hi), ("min", lo)):
+            arr = arr.astype(np.float32)
+            arr[empty] = np.nan
+            out[f"{name}_{c}"] = arr
+    return out
