@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import tiny
 import torch
@@ -18,12 +19,15 @@ from test_vllm_backend import _write_pairs
 
 import emofast
 from emofast.backends.vllm_generate import generate
+from emofast.cli import main
+from emofast.commands.score import CheckpointError
 from emofast.data import load_pairs
-from emofast.generation import Steering, steer, steering_vectors
+from emofast.generation import Steering, generate_rows, steer, steering_vectors
 from emofast.generation.trace import token_reference
 from emofast.probe import PairedProbe
 
 REL = 1e-3
+_KEEP: list = []
 # 2 to ~300 tokens, 10 prompts (> max_num_seqs = 6): several steps mix prefills and decodes of other requests
 PROMPTS = ["Hi.", " ".join(tiny.CORPUS)] + tiny.CORPUS[:7] + ["Rain again today, and again tomorrow."]
 
@@ -122,7 +126,9 @@ def test_trace_under_preemption(model_dirs, loaded, fitted, parity):
         b = emofast.trace(small, s_tok, prompts, probe, **kw)
         assert_same_table(a, b, "trace under preemption", parity)
     finally:
-        del small  # (no engine shutdown: in-process, it would tear down the process's vLLM groups of the others)
+        # kept alive until the session ends: an in-process engine that is shut down or collected tears down the
+        # process's vLLM groups, which the session's other engine needs
+        _KEEP.append(small)
 
 
 def test_steering_matches_hf(loaded, fitted, parity):
@@ -154,3 +160,99 @@ def test_steering_matches_hf(loaded, fitted, parity):
     assert_same_table(a, b, "steered trace", parity)
     # the context is gone: unsteered again
     assert steer(vm, v_tok, prompts, probe, {}, max_new_tokens=10) == plain
+
+
+def test_generate_rows_matches_hf(loaded, fitted, parity):
+    """steer-check's engine on vLLM: per-row steering in one call, the same greedy texts as HF, and the
+    unsteered model's NLL of each text from vLLM's prompt log-probabilities (KL is NaN on vLLM)."""
+    hf, hf_tok, vm, v_tok = loaded["llama"]
+    probe, data = fitted
+    vecs = steering_vectors(hf, hf_tok, probe, data)
+    prompts = PROMPTS[2:6] * 2
+    settings = [{}, {"sad_vs_happy": 6.0}, {"angry_vs_calm": -6.0}, {}, {"sad_vs_happy": -6.0}, {}, {}, {}]
+    kw = dict(max_new_tokens=8, chat_template=True)
+    a = generate_rows(hf, hf_tok, prompts, settings, vecs, **kw)
+    b = generate_rows(vm, v_tok, prompts, settings, vecs, **kw)
+    assert b["texts"] == a["texts"] and b["token_ids"] == a["token_ids"]
+    assert (b["n_tokens"] == a["n_tokens"]).all() and (a["n_tokens"] > 0).any()
+    has = a["n_tokens"] > 0
+    assert parity("llama", "generate_rows nll", a["nll"][has], b["nll"][has]) <= REL * np.abs(a["nll"][has]).max()
+    assert np.isnan(b["kl"]).all()
+
+
+def _assert_equal(a, b):
+    """Same schema and the same values (NaN equal to NaN)."""
+    assert a.schema.equals(b.schema)
+    for c in a.column_names:
+        np.testing.assert_array_equal(
+            a.column(c).to_numpy(zero_copy_only=False), b.column(c).to_numpy(zero_copy_only=False)
+        )
+
+
+def test_cli_trace_file_is_resumable(model_dirs, loaded, fitted, tmp_path, capsys, monkeypatch):
+    """emofast trace --backend vllm --input: shards, a kill after two chunks, a resume, the same files as one
+    uninterrupted run, and the per-generation summary."""
+    hf, hf_tok, vm, v_tok = loaded["llama"]
+    probe, _ = fitted
+    probe.save(tmp_path / "run")
+    src = tmp_path / "prompts.jsonl"
+    lines = [json.dumps({"id": f"p{i}", "text": t}) for i, t in enumerate(PROMPTS)]
+    lines.insert(3, json.dumps({"id": "bad", "text": "  "}))
+    src.write_text("\n".join(lines) + "\n")
+    kw = dict(chunk_size=3, max_new_tokens=6, progress=False)
+    from emofast.commands.trace_corpus import trace_corpus
+
+    killed = trace_corpus(vm, v_tok, probe, src, tmp_path / "a.parquet", max_chunks=2, **kw)
+    assert killed.chunks == 2 and not (tmp_path / "a.parquet").exists()
+    resumed = trace_corpus(vm, v_tok, probe, src, tmp_path / "a.parquet", **kw)
+    assert resumed.resumed_chunks == 2 and resumed.chunks == 4 and resumed.errors == 1
+    assert trace_corpus(vm, v_tok, probe, src, tmp_path / "b.parquet", **kw).chunks == 4
+    a, b = pq.read_table(tmp_path / "a.parquet"), pq.read_table(tmp_path / "b.parquet")
+    assert a.num_rows > len(PROMPTS)
+    _assert_equal(a, b)
+    sa = pq.read_table(tmp_path / "a.summary.parquet")
+    _assert_equal(sa, pq.read_table(tmp_path / "b.summary.parquet"))
+    assert sa.column("prompt_id").to_pylist() == [f"p{i}" for i in range(len(PROMPTS))]
+    # the same table as emofast.trace on the same prompts (ids aside)
+    ref = emofast.trace(vm, v_tok, PROMPTS, probe, max_new_tokens=6, ids=[f"p{i}" for i in range(len(PROMPTS))])
+    assert a.column_names == ref.column_names and a.column("token").to_pylist() == ref.column("token").to_pylist()
+    for c in ("sad_vs_happy", "tz_sad_vs_happy"):
+        gen = np.asarray(ref.column("is_generated")) & ~np.asarray(ref.column("is_sink"))
+        pid = np.asarray(ref.column("prompt_id").to_pylist())
+        vals = np.asarray(ref.column(c))
+        want = [
+            vals[gen & (pid == p)].mean() if (gen & (pid == p)).any() else np.nan for p in sa["prompt_id"].to_pylist()
+        ]
+        np.testing.assert_allclose(np.asarray(sa.column(f"mean_{c}")), want, rtol=1e-5)
+    # a different setting refuses the checkpoint
+    with pytest.raises(CheckpointError, match="other settings"):
+        trace_corpus(vm, v_tok, probe, src, tmp_path / "a.parquet", chunk_size=3, max_new_tokens=7, progress=False)
+
+    # the CLI, on the vLLM backend (the session's engine: see test_trace_under_preemption)
+    def load(args, name):
+        assert args.backend == "vllm" and name == str(model_dirs["llama"])
+        return vm, v_tok
+
+    monkeypatch.setattr(emofast.cli, "_load", load)
+    rc = main(
+        [
+            "trace",
+            "--backend",
+            "vllm",
+            "--model",
+            str(model_dirs["llama"]),
+            "--probe",
+            str(tmp_path / "run"),
+            "--input",
+            str(src),
+            "--out",
+            str(tmp_path / "c.parquet"),
+            "--max-new-tokens",
+            "6",
+            "--chunk-size",
+            "3",
+            "--no-progress",
+        ]
+    )
+    assert rc == 0 and "traced 10 prompts" in capsys.readouterr().out
+    assert pq.read_table(tmp_path / "c.summary.parquet").num_rows == len(PROMPTS)

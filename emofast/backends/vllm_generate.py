@@ -45,7 +45,7 @@ import torch
 
 from .vllm import VLLMModel
 
-__all__ = ["generate", "Generation", "GenSpec", "sampling_params"]
+__all__ = ["generate", "Generation", "GenSpec", "sampling_params", "token_logprobs"]
 
 _TAG = "emofast_run"
 _ROW = "emofast_row"
@@ -253,6 +253,37 @@ def generate(
     if reading:
         _attach(results, collected, fed)
     return results
+
+
+def token_logprobs(handle: VLLMModel, sequences: list, first: list) -> list[np.ndarray]:
+    """The unsteered model's log-probability of each token of each sequence from position ``first[i]`` on, given
+    the tokens before it: ``[len(seq) - first]`` float64 per sequence (vLLM's ``prompt_logprobs``; one prefill
+    each, no cached prefix).
+
+    Example:
+        >>> token_logprobs(vm, [[1, 5, 9, 7]], [2])[0].shape   # log p(9 | 1 5), log p(7 | 1 5 9)   # doctest: +SKIP
+        (2,)
+    """
+    from vllm import SamplingParams
+
+    if not sequences:
+        return []
+    run = uuid.uuid4().hex
+    params = SamplingParams(max_tokens=1, temperature=0.0, detokenize=False, prompt_logprobs=0)
+    prompts = [
+        {"prompt_token_ids": [int(t) for t in seq], "cache_salt": f"emofast/{run}/{i}"}
+        for i, seq in enumerate(sequences)
+    ]
+    outs = handle.llm.generate(prompts, params, use_tqdm=False)
+    result = []
+    for seq, f, out in zip(sequences, first, outs):
+        lp = out.prompt_logprobs or []
+        vals = []
+        for pos in range(max(int(f), 1), len(seq)):
+            entry = lp[pos] if pos < len(lp) else None
+            vals.append(float(entry[seq[pos]].logprob) if entry and seq[pos] in entry else float("nan"))
+        result.append(np.asarray(vals, dtype=np.float64))
+    return result
 
 
 def _attach(results: list, collected, fed: list) -> None:

@@ -21,7 +21,16 @@ import torch
 
 from ..capture.prompts import render_prompts
 
-__all__ = ["is_vllm", "push_steering", "pop_steering", "active_steering", "vllm_readings", "vllm_texts", "tokenize"]
+__all__ = [
+    "is_vllm",
+    "push_steering",
+    "pop_steering",
+    "active_steering",
+    "vllm_readings",
+    "vllm_texts",
+    "vllm_rows",
+    "tokenize",
+]
 
 # handle -> stack of (additions {layer: [D] or [B, D]}, where)
 _ACTIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -131,3 +140,66 @@ def vllm_texts(
         **active_steering(model),
     )
     return [tok.decode(cut_at_end(g.output_ids, set(end_ids)), skip_special_tokens=True) for g in gens]
+
+
+def vllm_rows(
+    model,
+    tok,
+    prompts,
+    settings: list[dict],
+    vectors,
+    *,
+    system_prompt=None,
+    chat_template=True,
+    max_new_tokens=32,
+    do_sample=False,
+    seed=0,
+    where="generated",
+    temperature=None,
+    top_p=None,
+    damage=True,
+) -> dict:
+    """:func:`emofast.generation.damage.generate_rows` inside vLLM: every row with its own steering in one call;
+    ``nll`` from the unsteered model's ``prompt_logprobs`` of prompt + text. ``kl`` is NaN: vLLM returns top-k
+    log-probabilities, not the full next-token distributions a KL needs (a KL budget then refuses every alpha)."""
+    import math
+
+    import numpy as np
+
+    from ..backends.vllm_generate import generate, token_logprobs
+    from .plan import row_additions
+    from .table import cut_at_end
+
+    chat_template = bool(chat_template and getattr(tok, "chat_template", None) is not None)
+    ids = tokenize(tok, prompts, chat_template=chat_template, system_prompt=system_prompt)
+    gens = generate(
+        model.emofast_backend,
+        ids,
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        seed=seed,
+        temperature=temperature,
+        top_p=top_p,
+        additions=row_additions(settings, vectors) if any(settings) else {},
+        where=where,
+    )
+    eos = {tok.eos_token_id, tok.pad_token_id} - {None}
+    N = len(prompts)
+    out = {
+        "texts": [],
+        "token_ids": [],
+        "n_tokens": np.zeros(N, dtype=np.int64),
+        "nll": np.full(N, math.nan),
+        "kl": np.full(N, math.nan),
+    }
+    for i, g in enumerate(gens):
+        row = cut_at_end(g.output_ids, eos)
+        out["token_ids"].append(row)
+        out["texts"].append(tok.decode(row, skip_special_tokens=True))
+        out["n_tokens"][i] = len(row)
+    if damage:
+        keep = [i for i in range(N) if out["n_tokens"][i]]
+        seqs = [ids[i] + out["token_ids"][i] for i in keep]
+        for i, lp in zip(keep, token_logprobs(model.emofast_backend, seqs, [len(ids[i]) for i in keep])):
+            out["nll"][i] = float(-lp.sum())
+    return out

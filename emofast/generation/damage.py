@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..capture.prompts import check_texts
+from .backend import is_vllm, vllm_rows
 from .hooks import input_device
 from .plan import row_additions
 from .steer import AddSteering
@@ -85,6 +86,23 @@ def generate_rows(
     prompts = check_texts(prompts)
     if len(settings) != len(prompts):
         raise ValueError(f"{len(settings)} settings for {len(prompts)} prompts: give one per prompt")
+    if is_vllm(model):  # one vLLM call for every row (kl: NaN, see vllm_rows)
+        return vllm_rows(
+            model,
+            tok,
+            prompts,
+            settings,
+            vectors,
+            system_prompt=system_prompt,
+            chat_template=chat_template,
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            seed=seed,
+            where=where,
+            temperature=temperature,
+            top_p=top_p,
+            damage=damage,
+        )
     chat_template = bool(chat_template and getattr(tok, "chat_template", None) is not None)
     bs = batch_size or min(32, max(1, len(prompts)))
     kw = generation_kwargs(
