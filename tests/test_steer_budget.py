@@ -215,3 +215,34 @@ def test_statistics():
     assert e["fraction"] == pytest.approx(0.5, abs=0.08) and e["fraction_lo"] < 0.5 < e["fraction_hi"]
     e = boot_fraction(s_hi, s_lo, np.zeros(n), np.zeros(n), rng, 50)
     assert np.isnan(e["fraction"])
+
+
+def test_a_pair_that_cannot_be_steered_within_budget_is_reported(fitted, tmp_path):
+    """A budget no alpha can meet (perplexity ratio 0.5): both directions 0, only alpha 0 evaluated, no rho, and
+    the report says so instead of hiding the pair."""
+    from emofast.commands.steer_check import steer_check
+    from emofast.report.doc import Doc
+    from emofast.report.steering import section_steering
+
+    model, tok, data, probe = fitted
+    res = steer_check(
+        model,
+        tok,
+        probe,
+        "sad_vs_happy",
+        tmp_path / "sc",
+        n_prompts=3,
+        n_calibration=2,
+        max_new_tokens=3,
+        n_boot=20,
+        data=data,
+        judges=("vader",),
+        progress=False,
+        max_ppl_ratio=0.5,
+    )
+    v = res["verdict"]["sad_vs_happy"]
+    assert v["steerable_within_budget"] is False and v["alpha_range"] == [0.0, 0.0]
+    assert np.isnan(v["judges"]["vader"]["rho"]) and not v["judges"]["vader"]["meets"]
+    doc = Doc("t")
+    section_steering(doc, [{**res, "folder": "sc"}])
+    assert "**Not steerable within the budget**" in doc.markdown() and "sad_vs_happy" in doc.markdown()
