@@ -104,6 +104,13 @@ def _parser() -> argparse.ArgumentParser:
         help="lexical,shuffled,random-init, 'none', or 'auto' (all three; random-init only up to ~1B parameters)",
     )
     r.add_argument("--control", action="append", default=None, help="add one control, e.g. --control random-init")
+    r.add_argument(
+        "--augment",
+        choices=("contrast",),
+        default=None,
+        help="contrast: fit probe and lexical baseline on train plus each pair's contrast_train split (both are "
+        "still read on the contrast split and test)",
+    )
     r.add_argument("--no-report", action="store_true", help="skip report.html")
     r.add_argument(
         "--space",
@@ -212,6 +219,7 @@ def cmd_run(args) -> int:
         n_perm=args.n_perm,
         val_use=args.val_use,
         controls=_controls(args),
+        augment=args.augment,
         progress=not args.no_progress and rank == 0,
         report=not args.no_report,
     )

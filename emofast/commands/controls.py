@@ -7,6 +7,9 @@
   probe pipeline: what a trained model adds over an untrained network of the same shape; *probe - random-init*.
 - ``out_of_domain``: the probe (and the lexical baseline) on each pair's ``ood`` split, texts in other registers
   than the training texts, where the data has one.
+- ``contrast``: the probe, the lexical baseline and the random-init model on each pair's ``contrast`` split (texts
+  whose words point to the other side), where the data has one (:mod:`emofast.commands.contrast`); never
+  resampled by scene, since the two sides of a contrast split are written apart.
 
 Balanced accuracy here is that of the reported decision (calibrated ``p_left > 0.5`` for probes, the decision
 function's sign for the lexical baseline), so the differences compare like with like.
@@ -23,6 +26,7 @@ from ..data.lexical import LexicalBaseline
 from ..probe.paired import PairedProbe, SplitIndex
 from ..probe.selection import layer_scale
 from ..probe.stats import auroc, balanced_accuracy_ci, bootstrap_ci, paired_difference, scene_keys
+from .contrast import CONTRAST, contrast_columns, probe_on_contrast
 
 __all__ = ["CONTROLS", "resolve_controls", "run_controls", "pairs_columns", "RANDOM_INIT_MAX_PARAMS"]
 
@@ -50,17 +54,18 @@ def _ci(t) -> dict:
     return {"value": t[0], "ci95": [t[1], t[2]]}
 
 
-def _compare(y, ours, theirs, keys, n_boot, seed, _unused=None) -> dict:
+def _compare(y, ours, theirs, keys, n_boot, seed, matched=None) -> dict:
     """The other classifier's balanced accuracy (Wilson/MOVER) and AUROC (BCa), and the paired intervals of
     probe - other (:func:`emofast.probe.stats.paired_difference`: the same resamples, by scene for matched data).
 
-    ``ours``: ``(p_left, score)`` of the probe; ``theirs``: ``(decision, score)`` of the other classifier.
+    ``ours``: ``(p_left, score)`` of the probe; ``theirs``: ``(decision, score)`` of the other classifier;
+    ``matched=False``: never by scene (the contrast split), None: detected from the ids.
     """
     y = np.asarray(y)
     p_ours, s_ours = ours
     d_theirs, s_theirs = theirs
-    scenes = scene_keys(keys, y)
-    diff = {"ids": keys, "n_boot": n_boot, "seed": seed}
+    scenes = scene_keys(keys, y) if matched is not False else None
+    diff = {"ids": keys, "n_boot": n_boot, "seed": seed, "matched": False if scenes is None else None}
     return {
         "balanced_accuracy": _ci(balanced_accuracy_ci(y, np.asarray(d_theirs, dtype=bool), scenes=scenes)),
         "auroc": _ci(bootstrap_ci(auroc, y, s_theirs, n_boot=n_boot, seed=seed, keys=keys, scenes=scenes)),
@@ -75,7 +80,9 @@ def _probe_outputs(probe: PairedProbe, layer_scores, layers, index: SplitIndex):
     return band, probe.probabilities(band)
 
 
-def _lexical(data, probe, band, p_left, test: SplitIndex, n_boot, seed, ood=None) -> dict:
+def _lexical(data, probe, band, p_left, test: SplitIndex, n_boot, seed, ood=None, contrast=None) -> dict:
+    """The lexical baseline of every pair on test (and ood); with ``contrast=(index, band, p_left, entries)`` also
+    on the contrast texts, into ``entries[pair]["lexical"]`` (stratified resamples: the sides are not matched)."""
     out = {}
     for p, pair in enumerate(data.pairs):
         tr_l, tr_r = pair.split("train")
@@ -101,12 +108,27 @@ def _lexical(data, probe, band, p_left, test: SplitIndex, n_boot, seed, ood=None
                 seed,
                 None,
             )
+        if contrast is not None and pair.name in contrast[3]:
+            c_index, c_band, c_p, entries = contrast
+            c_idx = c_index.of_pair(p)
+            sc = lex.scores([c_index.texts[i] for i in c_idx])
+            entries[pair.name]["lexical"] = _compare(
+                c_index.y[c_idx],
+                (c_p[c_idx, p], c_band[c_idx, p]),
+                (sc > 0, sc),
+                [c_index.ids[i] for i in c_idx],
+                n_boot,
+                seed,
+                matched=False,
+            )
         out[pair.name] = entry
     return out
 
 
-def _random_init(model, tok, data, fit_kwargs, band, p_left, test: SplitIndex, n_boot, seed) -> dict:
-    """The same pipeline on a freshly initialised model of the same architecture (one pass per text, as the run)."""
+def _random_init(model, tok, data, fit_kwargs, band, p_left, test: SplitIndex, n_boot, seed, contrast=None) -> dict:
+    """The same pipeline on a freshly initialised model of the same architecture (one pass per text, as the run;
+    the contrast texts of ``contrast=(index, band, p_left, entries)`` in the same pass, read into
+    ``entries[pair]["random_init"]``)."""
     from transformers import AutoModelForCausalLM
 
     from ..capture.api import extract
@@ -121,6 +143,9 @@ def _random_init(model, tok, data, fit_kwargs, band, p_left, test: SplitIndex, n
     select = {k: v for k, v in fit_kwargs.items() if k not in fit_keys}  # policy, width, calibration, ...
     splits = {s: SplitIndex.of(data, s) for s in ("train", "val", "test")}
     texts = splits["train"].texts + splits["val"].texts + test.texts
+    n_test = len(test.texts)
+    if contrast is not None:
+        texts = texts + contrast[0].texts
     ex = extraction_of(tok, fk["chat_template"], fk["system_prompt"], fk["position"])
     fresh_rows = extract(fresh, tok, texts, batch_size=fk.get("batch_size"), max_tokens=fk.get("max_tokens"), **ex)
     del fresh
@@ -133,7 +158,7 @@ def _random_init(model, tok, data, fit_kwargs, band, p_left, test: SplitIndex, n
     rprobe.scales = layer_scale(raw[:n_tr], splits["train"])  # as the run: each layer on its train scale
     ls = raw / rprobe.scales.T[None]
     rprobe.select_and_calibrate(ls[n_tr : n_tr + n_va], splits["val"], **select)
-    rband = rprobe.band_scores(ls[n_tr + n_va :], rprobe.layers)
+    rband = rprobe.band_scores(ls[n_tr + n_va : n_tr + n_va + n_test], rprobe.layers)
     rp_left = rprobe.probabilities(rband)
     out = {"seed": seed, "chosen_layers": rprobe.chosen}
     for p, name in enumerate(rprobe.names):
@@ -147,6 +172,23 @@ def _random_init(model, tok, data, fit_kwargs, band, p_left, test: SplitIndex, n
             seed,
             None,
         )
+    if contrast is not None:
+        c_index, c_band, c_p, entries = contrast
+        cband = rprobe.band_scores(ls[n_tr + n_va + n_test :], rprobe.layers)
+        cp_left = rprobe.probabilities(cband)
+        for p, name in enumerate(rprobe.names):
+            if name not in entries:
+                continue
+            idx = c_index.of_pair(p)
+            entries[name]["random_init"] = _compare(
+                c_index.y[idx],
+                (c_p[idx, p], c_band[idx, p]),
+                (cp_left[idx, p] > 0.5, cband[idx, p]),
+                [c_index.ids[i] for i in idx],
+                n_boot,
+                seed,
+                matched=False,
+            )
     return out
 
 
@@ -198,17 +240,36 @@ def run_controls(
     seed: int,
     timing: dict,
     runner=None,
+    contrast=None,
+    augment: dict | None = None,
 ) -> dict:
     """The controls of :data:`CONTROLS` named in ``which`` (``shuffled`` is run by the workflow itself).
 
-    Returns ``{"lexical": {pair: ...}, "random_init": {...}, "out_of_domain": {pair: ...}}`` (what was asked and
-    possible); ``timing`` receives the seconds of each.
+    ``contrast``: ``(index, layer_scores)`` of the contrast texts (from the run's one pass, on the probe's scale),
+    or None when the data has no contrast split; ``augment``: the record of
+    :func:`emofast.commands.contrast.augment_train` when train was augmented.
+
+    Returns ``{"lexical": {pair: ...}, "random_init": {...}, "out_of_domain": {pair: ...}, "contrast": {pair: {...,
+    "lexical": ..., "random_init": ...}}}`` (what was asked and possible); ``timing`` receives the seconds of each.
     """
     from ..capture.distributed import Runner
 
     runner = runner or Runner()
     band, p_left = _probe_outputs(probe, test_layer_scores, probe.layers, test)
     out = {}
+    con = None
+    if contrast is not None:
+        t = time.perf_counter()
+        c_index, c_scores = contrast
+        entries, c_band, c_p = probe_on_contrast(probe, c_scores, c_index, n_boot=n_boot, seed=seed)
+        con = (c_index, c_band, c_p, entries)
+        out[CONTRAST] = {
+            "kind": "evidence",
+            "resample": "stratified (the two sides of a contrast split are written apart: never by scene)",
+            "train": augment["train_splits"] if augment else ["train"],
+            **entries,
+        }
+        timing["control_contrast_s"] = time.perf_counter() - t
     t = time.perf_counter()
     ood = _ood_outputs(model, tok, data, probe, runner, fit_kwargs.get("batch_size"), fit_kwargs.get("max_tokens"))
     if ood is not None:
@@ -228,11 +289,11 @@ def run_controls(
         timing["control_out_of_domain_s"] = time.perf_counter() - t
     if "lexical" in which:
         t = time.perf_counter()
-        out["lexical"] = _lexical(data, probe, band, p_left, test, n_boot, seed, ood)
+        out["lexical"] = _lexical(data, probe, band, p_left, test, n_boot, seed, ood, con)
         timing["control_lexical_s"] = time.perf_counter() - t
     if "random-init" in which:
         t = time.perf_counter()
-        out["random_init"] = _random_init(model, tok, data, fit_kwargs, band, p_left, test, n_boot, seed)
+        out["random_init"] = _random_init(model, tok, data, fit_kwargs, band, p_left, test, n_boot, seed, con)
         timing["control_random_init_s"] = time.perf_counter() - t
     return out
 
@@ -251,4 +312,5 @@ def pairs_columns(metrics: dict, name: str) -> dict:
         e = c["out_of_domain"][name]
         row["ood_balanced_accuracy"] = e["balanced_accuracy"]["value"]
         row["ood_balanced_accuracy_lo"], row["ood_balanced_accuracy_hi"] = e["balanced_accuracy"]["ci95"]
+    row.update(contrast_columns(metrics, name))
     return row

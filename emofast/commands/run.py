@@ -1,10 +1,11 @@
 """``emofast run``: fit a paired probe, evaluate it on held-out texts, and write the run folder.
 
-Every text (all splits and the neutral set) goes through the model once: its rows at every layer give the train
-split's directions and every projection (:mod:`emofast.commands.onepass`; above a memory budget the rows are
-memory-mapped, or ``mean-diff`` streams two passes instead). Layers and calibration are chosen on the val split
-only; the test split is used for nothing but the final numbers; the controls (:mod:`emofast.commands.controls`)
-follow.
+Every text (all splits, the neutral set and the contrast split) goes through the model once: its rows at every
+layer give the train split's directions and every projection (:mod:`emofast.commands.onepass`; above a memory
+budget the rows are memory-mapped, or ``mean-diff`` streams two passes instead). Layers and calibration are chosen
+on the val split only; the test split is used for nothing but the final numbers; the controls
+(:mod:`emofast.commands.controls`) follow, the contrast split among them (:mod:`emofast.commands.contrast`).
+``augment="contrast"`` fits on train plus each pair's ``contrast_train`` texts.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 
 from ..data.pairs import PairedDataset, load_pairs
 from ..fileio import write_json
+from ..probe.evaluation import split_outputs
 from ..probe.paired import (
     DEFAULT_METHOD,
     DEFAULT_POLICY,
@@ -29,6 +31,7 @@ from ..probe.paired import (
     SplitIndex,
 )
 from ..probe.profile import profile_rows
+from .contrast import CONTRAST, augment_train, split_index
 from .controls import pairs_columns, resolve_controls, run_controls
 from .onepass import extract_rows, extraction_of, plan_passes, project_rows, remove_spill
 from .refits import DEFAULT_REFITS, refit_control, refit_probes
@@ -99,6 +102,7 @@ def run(
     data: PairedDataset | None = None,
     runner=None,
     report: bool = False,
+    augment: str | None = None,
 ) -> RunResult | None:
     """Fit, evaluate and write a run folder.
 
@@ -124,6 +128,10 @@ def run(
         runner: an :mod:`emofast.distributed` runner; under torchrun every rank calls :func:`run`, rank 0
             writes the folder and the others return None.
         report: also write ``report.html`` (:mod:`emofast.report`).
+        augment: ``"contrast"`` adds every pair's ``contrast_train`` split to its train split (directions, layer
+            scale, shuffled labels, lexical baseline and random-init all fitted on it; ``metrics.json["augment"]``
+            records it); None (default) fits on train alone. Either way a ``contrast`` split, where the data has
+            one, is read beside test (``metrics.json["controls"]["contrast"]``).
 
     Returns:
         A :class:`RunResult`. The folder holds ``probe.safetensors``, ``probe.json``, ``metrics.json``,
@@ -141,6 +149,7 @@ def run(
     timing = {}
     if data is None:
         data = load_pairs(pairs_dir, pairs, neutral=neutral, config=config)
+    data, augmented = augment_train(data, augment)
     if isinstance(model, str):
         name = model
         model, tokenizer = load_model(model, dtype=dtype, device=device)
@@ -157,7 +166,9 @@ def run(
     if "shuffled" not in which:
         shuffled = 0
     splits = {s: SplitIndex.of(data, s) for s in ("train", "val", "test")}
+    contrast = split_index(data, CONTRAST)  # read in the same pass as everything else
     texts = splits["train"].texts + splits["val"].texts + splits["test"].texts + [t for _, t in data.neutral]
+    texts += contrast.texts if contrast is not None else []
     fit = {
         "method": method,
         "score": score,
@@ -234,8 +245,9 @@ def run(
         return None
     t = time.perf_counter()
     offsets, start = {}, 0
-    for s in ("train", "val", "test", "neutral"):
-        n = len(data.neutral) if s == "neutral" else len(splits[s].texts)
+    for s in ("train", "val", "test", "neutral", CONTRAST):
+        n = {"neutral": len(data.neutral), CONTRAST: len(contrast.texts) if contrast else 0}.get(s)
+        n = len(splits[s].texts) if n is None else n
         offsets[s] = slice(start, start + n)
         start += n
     n_pairs = len(probe.pairs)
@@ -261,6 +273,7 @@ def run(
         n_boot=n_boot,
         n_perm=n_perm,
         seed=seed,
+        train_matched=False if augmented else None,
     )
     timing["statistics_s"] = time.perf_counter() - t
     timing["shuffled_baselines"] = len(baselines)
@@ -291,6 +304,8 @@ def run(
             n_boot=n_boot,
             seed=seed,
             timing=timing,
+            contrast=None if contrast is None else (contrast, scores[probe.score_kind][offsets[CONTRAST]]),
+            augment=augmented,
         )
     )
     metrics["controls"]["run"] = which
@@ -298,6 +313,11 @@ def run(
         sel = {"policy": policy, "width": width, "calibration": calibration, "val_use": val_use}
         metrics["controls"]["refits"] = refit_control(refit_list, refit_raw, offsets, splits, data, sel, seed=seed)
         timing["refits_s"] = metrics["controls"]["refits"].pop("seconds") + timing.pop("refit_fits_s", 0.0)
+    metrics["augment"] = augmented
+    if contrast is not None:  # per text, as outputs_test: lets a report pair two runs on the contrast texts
+        outs = split_outputs(probe, scores[probe.score_kind][offsets[CONTRAST]], probe.layers, contrast)
+        metrics["outputs_contrast"] = {k: v for k, v in outs.items() if v["ids"]}
+    probe.meta["augment"] = augmented["augment"] if augmented else None
 
     probe.meta["model_source"] = _model_source(name)
     probe.meta["model_load"] = name
@@ -445,4 +465,36 @@ def summary_markdown(probe: PairedProbe, metrics: dict, profile: list[dict]) -> 
         ],
         "",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + _contrast_markdown(probe, metrics))
+
+
+def _contrast_markdown(probe: PairedProbe, metrics: dict) -> list[str]:
+    """The summary's contrast section (empty when the data has no contrast split)."""
+    c = metrics["controls"].get(CONTRAST)
+    if not c:
+        return []
+    aug = metrics.get("augment")
+    fitted = "train + contrast_train (`--augment contrast`)" if aug else "train"
+    lines = [
+        "## Contrast split (words point to the other side; stratified resamples, never by scene)",
+        "",
+        f"Probe and lexical baseline fitted on {fitted}.",
+        "",
+        "| pair | n | probe | lexical | probe - lexical | random-init |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in probe.names:
+        e = c.get(name)
+        if not e:
+            continue
+        lex, ri = e.get("lexical"), e.get("random_init")
+        diff = "-"
+        if lex:
+            v, (lo, hi) = lex["probe_minus"]["value"], lex["probe_minus"]["ci95"]
+            diff = f"{v:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+        lines.append(
+            f"| {name} | {e['n_left'] + e['n_right']} | {_fmt(e['balanced_accuracy'])} | "
+            f"{_fmt(lex['balanced_accuracy']) if lex else '-'} | {diff} | "
+            f"{_fmt(ri['balanced_accuracy']) if ri else '-'} |"
+        )
+    return lines + [""]

@@ -41,6 +41,7 @@ CONTROL_KINDS = {
     "random_init": "evidence",
     "out_of_domain": "evidence",
     "refits": "evidence",
+    "contrast": "evidence",
     "polarity_swap": "self-test",
 }
 
@@ -61,12 +62,15 @@ def evaluate_run(
     n_boot=1000,
     n_perm=10_000,
     seed=0,
+    train_matched=None,
 ) -> tuple[dict, dict]:
     """Every statistic of a run.
 
     Args:
         raw: ``{kind: [N_all, nL, P]}`` raw per-layer scores of every text (train, val, test, neutral at
             ``offsets``) under each scoring; base_raw: the same for each shuffled-label baseline (its own kind).
+        train_matched: False when train is not line-matched throughout (``--augment contrast`` adds texts whose
+            sides were written apart): its intervals then never resample by scene; None detects it from the ids.
 
     Returns:
         ``(metrics, scores)``: the metrics, and ``{kind: [N_all, nL, P]}`` scores on each kind's train scale.
@@ -75,7 +79,7 @@ def evaluate_run(
     probe.scales = scales[probe.score_kind]
     scores = {k: raw[k] / scales[k].T[None] for k in raw}
     sel = {"policy": policy, "width": width, "calibration": calibration, "val_use": val_use}
-    metrics = _evaluate(probe, scores, scales, offsets, splits, data, sel, n_boot, n_perm, seed)
+    metrics = _evaluate(probe, scores, scales, offsets, splits, data, sel, n_boot, n_perm, seed, train_matched)
     if baselines:
         t = time.perf_counter()
         metrics["controls"]["shuffled_labels"] = _shuffled(baselines, base_raw, offsets, splits, sel, metrics, seed)
@@ -84,14 +88,16 @@ def evaluate_run(
     return metrics, scores
 
 
-def _evaluate(probe, scores, scales, offsets, splits, data, sel, n_boot, n_perm, seed) -> dict:
+def _evaluate(probe, scores, scales, offsets, splits, data, sel, n_boot, n_perm, seed, train_matched=None) -> dict:
     main, layers = probe.score_kind, probe.layers
     val_s, test_s = scores[main][offsets["val"]], scores[main][offsets["test"]]
     probe.select_and_calibrate(val_s, splits["val"], **sel)
     boot = {"n_boot": n_boot, "seed": seed}
     test = evaluate_split(probe, test_s, layers, splits["test"], n_perm=n_perm, **boot)
     train_s = scores[main][offsets["train"]]
-    train = evaluate_split(probe, train_s, layers, splits["train"], split="train", n_perm=0, **boot)
+    train = evaluate_split(
+        probe, train_s, layers, splits["train"], split="train", n_perm=0, matched=train_matched, **boot
+    )
     for name, p_holm in zip(probe.names, holm([test[n]["permutation_p"] for n in probe.names])):
         test[name]["permutation_p_holm"] = p_holm
     outputs = split_outputs(probe, test_s, layers, splits["test"])

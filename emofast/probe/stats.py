@@ -24,6 +24,8 @@ import re
 import numpy as np
 from scipy.stats import beta, norm, rankdata
 
+from ..data.pairs import UNMATCHED_SPLITS
+
 __all__ = [
     "balanced_accuracy",
     "auroc",
@@ -140,18 +142,22 @@ def scene_keys(ids, y) -> np.ndarray | None:
 
     Matched: every id reads ``{side}-{split}-{nnn}``, one side name per label, and the left and right texts carry
     the same set of ``{split}-{nnn}`` (each once): line ``k`` of the left file and line ``k`` of the right file
-    describe one scene.
+    describe one scene. Texts of a split whose sides are written apart (``contrast``, ``contrast_train``:
+    :data:`emofast.data.UNMATCHED_SPLITS`) are never matched, even where their ids line up; a set that holds any
+    of them (a train split augmented with ``contrast_train``) is resampled by side.
 
     >>> scene_keys(["sad-test-1", "sad-test-2", "happy-test-2", "happy-test-1"], [1, 1, 0, 0]).tolist()
     ['test-1', 'test-2', 'test-2', 'test-1']
     >>> scene_keys(["sad-test-1", "happy-test-7"], [1, 0]) is None
+    True
+    >>> scene_keys(["sad-contrast-1", "sad-contrast-2", "happy-contrast-1", "happy-contrast-2"], [1, 1, 0, 0]) is None
     True
     """
     y = np.asarray(y)
     keys, sides = [], {0: set(), 1: set()}
     for i, label in zip(ids, y):
         m = _ID.match(str(i))
-        if m is None or int(label) not in sides:
+        if m is None or int(label) not in sides or m["split"] in UNMATCHED_SPLITS:
             return None
         sides[int(label)].add(m["side"])
         keys.append(f"{m['split']}-{int(m['num'])}")

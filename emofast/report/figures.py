@@ -19,6 +19,7 @@ __all__ = [
     "fig_relations",
     "fig_accuracy_controls",
     "fig_scoring",
+    "fig_contrast",
 ]
 
 
@@ -359,4 +360,56 @@ def fig_scoring(runs: list[Run]) -> bytes:
             ax.set_xlim(-0.6, len(names) - 0.4)
     _shared_legend(fig, [ax for row in axes for ax in row])
     fig.suptitle("Centred against cosine scoring (each with its own layers and calibration)")
+    return _png(fig)
+
+
+def fig_contrast(runs: list[Run]) -> bytes:
+    """Per model (a panel): per pair, the probe and the lexical baseline on the test split and on the contrast
+    split (bars with 95% intervals); dashed: chance. A bag of words falls below chance on contrast texts by design."""
+    runs = [r for r in runs if r.metrics.get("controls", {}).get("contrast")]
+    fig, axes = _grid(len(runs), 2, 5.6, 3.6)
+    bars = (
+        ("probe, test", "tab:blue", 1.0, lambda r, n: r.metrics["pairs_test"][n]["balanced_accuracy"]),
+        (
+            "probe, contrast",
+            "tab:blue",
+            0.45,
+            lambda r, n: r.metrics["controls"]["contrast"].get(n, {}).get("balanced_accuracy"),
+        ),
+        (
+            "lexical, test",
+            "tab:orange",
+            1.0,
+            lambda r, n: r.metrics["controls"].get("lexical", {}).get(n, {}).get("balanced_accuracy"),
+        ),
+        (
+            "lexical, contrast",
+            "tab:orange",
+            0.45,
+            lambda r, n: r.metrics["controls"]["contrast"].get(n, {}).get("lexical", {}).get("balanced_accuracy"),
+        ),
+    )
+    for ax, r in zip(axes, runs):
+        names = r.names
+        for b, (label, colour, alpha, get) in enumerate(bars):
+            xs, vs, err = [], [], [[], []]
+            for k, n in enumerate(names):
+                m = get(r, n)
+                if not m:
+                    continue
+                xs.append(k - 0.3 + 0.2 * b)
+                vs.append(m["value"])
+                err[0].append(max(m["value"] - m["ci95"][0], 0.0))
+                err[1].append(max(m["ci95"][1] - m["value"], 0.0))
+            if xs:
+                ax.bar(xs, vs, 0.19, yerr=err, capsize=2, color=colour, alpha=alpha, label=label, edgecolor=colour)
+        ax.axhline(0.5, color="dimgrey", ls="--", lw=1, label="chance (0.5)")
+        ax.set_xticks(range(len(names)), labels=[_pair_tick(n) for n in names])
+        ax.set_xlim(-0.6, len(names) - 0.4)
+        ax.set_ylim(0, 1.12)
+        ax.set_ylabel("balanced accuracy")
+        aug = r.metrics.get("augment")
+        ax.set_title(r.label + ("\n(fitted with contrast_train: --augment contrast)" if aug else ""))
+    _shared_legend(fig, axes)
+    fig.suptitle("Contrast texts (the words point to the other side) against the test split")
     return _png(fig)

@@ -56,6 +56,20 @@ def _controls_rows(r: Run) -> list[dict]:
             row["shuffled_seeds"] = " ".join(map(str, r.shuffled["seeds"]))
             row["shuffled_balanced_accuracy"] = " ".join(f"{v:g}" for v in vals)
             row["shuffled_balanced_accuracy_mean"] = round(sum(vals) / len(vals), 6)
+        con = c.get("contrast", {}).get(pair)
+        if con:
+            row["contrast_fitted_on"] = "+".join(c["contrast"].get("train", ["train"]))
+            row["contrast_n"] = con["n_left"] + con["n_right"]
+            for key, e in (
+                ("contrast", con),
+                *((f"{k}_contrast", con[k]) for k in ("lexical", "random_init") if k in con),
+            ):
+                ba = e["balanced_accuracy"]
+                row[f"{key}_balanced_accuracy"] = ba["value"]
+                row[f"{key}_balanced_accuracy_lo"], row[f"{key}_balanced_accuracy_hi"] = ba["ci95"]
+                if "probe_minus" in e:
+                    row[f"probe_minus_{key}"] = e["probe_minus"]["value"]
+                    row[f"probe_minus_{key}_lo"], row[f"probe_minus_{key}_hi"] = e["probe_minus"]["ci95"]
         rows.append(row)
     return rows
 
