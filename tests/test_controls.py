@@ -188,8 +188,8 @@ def test_contrast_split_in_metrics_and_pairs_csv(ran_ood):
 
 
 def test_contrast_never_resamples_by_scene(ran_ood, contrast_data):
-    """The contrast ids look matched ({side}-contrast-NNN on both sides): scene detection would pair them, so the
-    run must refuse it explicitly."""
+    """The contrast ids look matched ({side}-contrast-NNN on both sides, as many on each): scene detection must
+    refuse them, alone and mixed into an augmented train split."""
     from emofast.data import load_pairs
     from emofast.probe.stats import balanced_accuracy_ci, scene_keys
 
@@ -197,7 +197,13 @@ def test_contrast_never_resamples_by_scene(ran_ood, contrast_data):
     pair = data.pair("sad_vs_happy")
     ids = pair.ids("contrast", "sad") + pair.ids("contrast", "happy")
     y = [1] * 8 + [0] * 8
-    assert scene_keys(ids, y) is not None  # the trap is real
+    assert scene_keys([i.replace("contrast", "test") for i in ids], y) is not None  # the trap is real
+    assert scene_keys(ids, y) is None
+    train = pair.ids("train", "sad") + pair.ids("train", "happy")
+    assert scene_keys(train, [1] * 12 + [0] * 12) is not None
+    mixed = pair.ids("train", "sad") + pair.ids("contrast_train", "sad")
+    mixed += pair.ids("train", "happy") + pair.ids("contrast_train", "happy")
+    assert scene_keys(mixed, [1] * 18 + [0] * 18) is None
     m = json.loads((ran_ood / "metrics.json").read_text())
     e = m["controls"]["contrast"]["sad_vs_happy"]
     assert e["resample"] == "stratified"

@@ -7,7 +7,7 @@ val and test) and, in :mod:`emofast.commands.controls`, with the lexical baselin
 
 The two sides of a contrast split are written apart: line ``k`` of the left file does not describe the same scene
 as line ``k`` of the right file, even when the ids look alike (``sad-contrast-001`` / ``happy-contrast-001``). So
-no statistic here resamples by scene: balanced accuracy gets the Wilson/MOVER interval of independent sides, the
+no statistic here resamples by scene: balanced accuracy gets the MOVER interval of independent sides (as test), the
 AUROC and every paired difference the bootstrap stratified by side.
 
 ``--augment contrast`` (:func:`augment_train`) adds each pair's ``contrast_train`` texts to its train split, so
@@ -125,7 +125,7 @@ def probe_on_contrast(
 
     Returns:
         ``(entries, band [N, P], p_left [N, P])``; ``entries[pair]`` holds ``n_left``, ``n_right``,
-        ``balanced_accuracy`` (of ``p_left > 0.5``, Wilson/MOVER with independent sides), ``auroc`` (BCa,
+        ``balanced_accuracy`` (of ``p_left > 0.5``, MOVER with independent sides), ``auroc`` (BCa,
         stratified bootstrap) and ``resample: "stratified"``: never by scene (the sides are not matched).
     """
     band = probe.band_scores(layer_scores, probe.layers)
