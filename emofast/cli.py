@@ -90,6 +90,12 @@ def _parser() -> argparse.ArgumentParser:
         help="refit control: probe and lexical baseline refitted on N bootstrap resamples of train; 0 for none",
     )
     r.add_argument(
+        "--random-init-seeds",
+        type=int,
+        default=1,
+        help="random-init control: this many freshly initialised models (seeds SEED, SEED+1, ...), their spread",
+    )
+    r.add_argument(
         "--n-perm", type=int, default=10_000, help="label permutations of each pair's permutation test (0: none)"
     )
     r.add_argument(
@@ -216,6 +222,7 @@ def cmd_run(args) -> int:
         seed=args.seed,
         shuffled=args.shuffled,
         refits=args.refits,
+        random_init_seeds=args.random_init_seeds,
         n_perm=args.n_perm,
         val_use=args.val_use,
         controls=_controls(args),

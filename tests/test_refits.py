@@ -70,3 +70,21 @@ def test_refit_control_in_metrics_and_pairs_csv(ran_refits):
         assert all(row[col] != "" for row in rows), col
     timing = json.loads((ran_refits / "timing.json").read_text())
     assert timing["refits_s"] > 0
+
+
+def test_random_init_over_several_seeds(setup, tmp_path):  # noqa: F811
+    """--random-init-seeds 2: two freshly initialised models, their balanced accuracies and spread per pair; the
+    first seed's entries are the per-pair random-init control as before."""
+    from emofast.cli import main
+
+    out = tmp_path / "run"
+    args = ["run", "--model", str(setup / "model"), "--pairs", str(setup / "data"), "--out", str(out)]
+    args += ["--width", "2", "--n-boot", "50", "--no-progress", "--no-report", "--controls", "random-init"]
+    assert main([*args, "--shuffled", "0", "--random-init-seeds", "2"]) == 0
+    ri = json.loads((out / "metrics.json").read_text())["controls"]["random_init"]
+    spread = ri["across_seeds"]
+    assert spread["seeds"] == [0, 1]
+    for name in json.loads((out / "metrics.json").read_text())["pairs_test"]:
+        s = spread[name]
+        assert len(s["balanced_accuracy"]) == 2 and s["balanced_accuracy"][0] == ri[name]["balanced_accuracy"]["value"]
+        assert s["min"] <= s["mean"] <= s["max"] and s["sd"] is not None

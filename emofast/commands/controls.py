@@ -125,7 +125,9 @@ def _lexical(data, probe, band, p_left, test: SplitIndex, n_boot, seed, ood=None
     return out
 
 
-def _random_init(model, tok, data, fit_kwargs, band, p_left, test: SplitIndex, n_boot, seed, contrast=None) -> dict:
+def _random_init(
+    model, tok, data, fit_kwargs, band, p_left, test: SplitIndex, n_boot, seed, contrast=None, progress=False
+) -> dict:
     """The same pipeline on a freshly initialised model of the same architecture (one pass per text, as the run;
     the contrast texts of ``contrast=(index, band, p_left, entries)`` in the same pass, read into
     ``entries[pair]["random_init"]``)."""
@@ -147,7 +149,9 @@ def _random_init(model, tok, data, fit_kwargs, band, p_left, test: SplitIndex, n
     if contrast is not None:
         texts = texts + contrast[0].texts
     ex = extraction_of(tok, fk["chat_template"], fk["system_prompt"], fk["position"])
-    fresh_rows = extract(fresh, tok, texts, batch_size=fk.get("batch_size"), max_tokens=fk.get("max_tokens"), **ex)
+    fresh_rows = extract(
+        fresh, tok, texts, batch_size=fk.get("batch_size"), max_tokens=fk.get("max_tokens"), progress=progress, **ex
+    )
     del fresh
     n_tr, n_va = len(splits["train"].texts), len(splits["val"].texts)
     # ``model`` only names the model in the probe's metadata here: the rows are the fresh model's
@@ -189,6 +193,21 @@ def _random_init(model, tok, data, fit_kwargs, band, p_left, test: SplitIndex, n
                 seed,
                 matched=False,
             )
+    return out
+
+
+def _across_seeds(runs: list, names) -> dict:
+    """Per pair the random-init balanced accuracy of every seed, with mean, sd (ddof 1), min and max."""
+    out = {"seeds": [r["seed"] for r in runs]}
+    for name in names:
+        v = np.array([r[name]["balanced_accuracy"]["value"] for r in runs if name in r])
+        out[name] = {
+            "balanced_accuracy": v.tolist(),
+            "mean": float(v.mean()),
+            "sd": float(v.std(ddof=1)) if len(v) > 1 else None,
+            "min": float(v.min()),
+            "max": float(v.max()),
+        }
     return out
 
 
@@ -242,12 +261,16 @@ def run_controls(
     runner=None,
     contrast=None,
     augment: dict | None = None,
+    random_init_seeds: int = 1,
+    progress: bool = False,
 ) -> dict:
     """The controls of :data:`CONTROLS` named in ``which`` (``shuffled`` is run by the workflow itself).
 
     ``contrast``: ``(index, layer_scores)`` of the contrast texts (from the run's one pass, on the probe's scale),
     or None when the data has no contrast split; ``augment``: the record of
-    :func:`emofast.commands.contrast.augment_train` when train was augmented.
+    :func:`emofast.commands.contrast.augment_train` when train was augmented; ``random_init_seeds``: how many
+    freshly initialised models (seeds ``seed``, ``seed + 1``, ...); the first gives the per-pair entries, all of
+    them the spread in ``random_init["across_seeds"]``; ``progress``: a bar on each random-init pass.
 
     Returns ``{"lexical": {pair: ...}, "random_init": {...}, "out_of_domain": {pair: ...}, "contrast": {pair: {...,
     "lexical": ..., "random_init": ...}}}`` (what was asked and possible); ``timing`` receives the seconds of each.
@@ -293,7 +316,13 @@ def run_controls(
         timing["control_lexical_s"] = time.perf_counter() - t
     if "random-init" in which:
         t = time.perf_counter()
-        out["random_init"] = _random_init(model, tok, data, fit_kwargs, band, p_left, test, n_boot, seed, con)
+        runs = [
+            _random_init(
+                model, tok, data, fit_kwargs, band, p_left, test, n_boot, seed + k, con if k == 0 else None, progress
+            )
+            for k in range(max(1, int(random_init_seeds)))
+        ]
+        out["random_init"] = {**runs[0], "across_seeds": _across_seeds(runs, probe.names)}
         timing["control_random_init_s"] = time.perf_counter() - t
     return out
 

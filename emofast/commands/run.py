@@ -95,6 +95,7 @@ def run(
     seed: int = 0,
     shuffled: int = 20,
     refits: int = DEFAULT_REFITS,
+    random_init_seeds: int = 1,
     n_perm: int = 10_000,
     val_use: str = "halves",
     controls="auto",
@@ -120,6 +121,8 @@ def run(
             ``shuffled_statistics_s``).
         refits: the refit control (:mod:`emofast.commands.refits`): probe and lexical baseline fitted again on
             this many bootstrap resamples of train (0 for none; needs the lexical control and the one-pass mode).
+        random_init_seeds: freshly initialised models for the random-init control (their spread in
+            ``metrics["controls"]["random_init"]["across_seeds"]``).
         n_perm: label permutations of each pair's permutation test (``permutation_p``, Holm-corrected).
         val_use: ``halves`` (layers on one half of val, calibration on the other) or ``shared``.
         controls: ``"auto"`` (lexical, shuffled, and random-init for models up to ~1B parameters), ``"none"``, or
@@ -306,6 +309,8 @@ def run(
             timing=timing,
             contrast=None if contrast is None else (contrast, scores[probe.score_kind][offsets[CONTRAST]]),
             augment=augmented,
+            random_init_seeds=random_init_seeds,
+            progress=progress,
         )
     )
     metrics["controls"]["run"] = which
