@@ -422,3 +422,58 @@ def vllm_part(t: Table, path: Path, dry: bool, n_texts: int, hf_rate: float | No
             detail += f"; emofast HF {hf_rate:.1f} texts/s: emofast vLLM / emofast HF = {ours / hf_rate:.2f}x"
             metrics.update(hf_texts_s=hf_rate, vllm_over_hf=ours / hf_rate)
         t.add("throughput", f"{label} vs plain vLLM", "info", detail, **metrics)
+        with t.case("throughput", f"{label} generation"):  # its own try: a failure here is one FAIL row
+            vllm_generation_part(t, model, tok, texts, label, new_tokens=8 if dry else 64)
+
+
+def vllm_generation_part(t: Table, model, tok, texts, label: str, new_tokens: int = 64) -> None:
+    """Generation on the vLLM handle: plain ``LLM.generate`` of the same token ids (no hooks) against emofast's
+    tracing (``K = 5`` random directions read at 4 layers, ``K + 1`` numbers per token and layer leave the
+    workers) and steering (one addition at 4 layers for every request), greedy, ``new_tokens`` each."""
+    from vllm import SamplingParams
+
+    from emofast.backends.vllm_generate import generate
+    from emofast.capture.prompts import render_prompts, tokenize
+
+    ids = tokenize(tok, render_prompts(tok, texts, True, SYSTEM))
+    L, D = model.num_layers, model.config.get_text_config().hidden_size
+    layers = sorted({L // 4, L // 2, (3 * L) // 4, L - 1})
+    g = torch.Generator().manual_seed(0)
+    dirs = torch.nn.functional.normalize(torch.randn(len(layers), 5, D, generator=g), dim=-1)
+    adds = {layer: 0.01 * torch.randn(D, generator=g) for layer in layers}
+    params = SamplingParams(max_tokens=new_tokens, temperature=0.0, detokenize=False)
+
+    def plain():
+        model.llm.generate([{"prompt_token_ids": i} for i in ids], params, use_tqdm=False)
+
+    runs = {
+        "plain": plain,
+        "trace": lambda: generate(model, ids, max_new_tokens=new_tokens, read_layers=layers, dirs=dirs),
+        "steer": lambda: generate(model, ids, max_new_tokens=new_tokens, additions=adds),
+    }
+    secs = {}
+    for name, run in runs.items():
+        model.llm.reset_prefix_cache()
+        run()  # warm-up (and the same work once more below)
+        model.llm.reset_prefix_cache()
+        sync()
+        t0 = time.perf_counter()
+        run()
+        sync()
+        secs[name] = time.perf_counter() - t0
+    detail = (
+        f"{len(ids)} prompts x {new_tokens} new tokens: plain vLLM generate {secs['plain']:.2f} s, emofast trace "
+        f"{secs['trace']:.2f} s ({secs['trace'] / secs['plain']:.2f}x), steering {secs['steer']:.2f} s "
+        f"({secs['steer'] / secs['plain']:.2f}x)"
+    )
+    t.add(
+        "throughput",
+        f"{label} generation",
+        "info",
+        detail,
+        plain_s=secs["plain"],
+        trace_s=secs["trace"],
+        steer_s=secs["steer"],
+        trace_over_plain=secs["trace"] / secs["plain"],
+        steer_over_plain=secs["steer"] / secs["plain"],
+    )

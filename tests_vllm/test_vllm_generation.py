@@ -256,3 +256,33 @@ def test_cli_trace_file_is_resumable(model_dirs, loaded, fitted, tmp_path, capsy
     )
     assert rc == 0 and "traced 10 prompts" in capsys.readouterr().out
     assert pq.read_table(tmp_path / "c.summary.parquet").num_rows == len(PROMPTS)
+
+
+def test_steer_check_runs_on_vllm(loaded, fitted, tmp_path):
+    """steer-check end to end on the vLLM handle (fixed alphas, 3 prompts, greedy): every row judged, the damage
+    measured as perplexity (KL is not available on vLLM)."""
+    from emofast.commands.steer_check import steer_check
+
+    _, _, vm, v_tok = loaded["llama"]
+    probe, data = fitted
+    res = steer_check(
+        vm,
+        v_tok,
+        probe,
+        "sad_vs_happy",
+        tmp_path / "check",
+        alphas=[-4.0, 4.0],
+        n_prompts=3,
+        judges=("vader",),
+        max_new_tokens=6,
+        do_sample=False,
+        n_boot=50,
+        data=data,
+        progress=False,
+    )
+    assert (tmp_path / "check" / "summary.json").is_file()
+    rows = [json.loads(line) for line in (tmp_path / "check" / "steer.jsonl").read_text().splitlines()]
+    assert len(rows) >= 3 * 5 and all("vader" in r for r in rows)
+    made = [r for r in rows if r["n_tokens"] > 0]
+    assert made and all(np.isfinite(r["nll"]) and np.isnan(r["kl"]) for r in made)
+    assert res["rows_generated"] >= 3 * 5
