@@ -9,6 +9,10 @@ engine with a KV cache of six 32-token blocks, where requests are evicted and re
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -99,6 +103,11 @@ def test_every_token_is_read_and_the_last_one_too(loaded, fitted):
         generate(vm, ids, max_new_tokens=2, read_layers=[1, 2], dirs=dirs[:1])
     with pytest.raises(ValueError, match="out of range"):
         generate(vm, ids, max_new_tokens=2, read_layers=[9], dirs=dirs[:1])
+    # an error inside the workers' hooks (directions of the wrong width) reaches the caller; the engine goes on
+    with pytest.raises(RuntimeError):
+        generate(vm, ids, max_new_tokens=2, read_layers=[1], dirs=torch.ones(1, 2, 64))
+    again = generate(vm, ids, max_new_tokens=7, read_layers=layers, dirs=dirs)
+    assert [g.output_ids for g in again] == [g.output_ids for g in gens]
 
 
 def test_trace_under_preemption(model_dirs, loaded, fitted, parity):
@@ -286,3 +295,58 @@ def test_steer_check_runs_on_vllm(loaded, fitted, tmp_path):
     made = [r for r in rows if r["n_tokens"] > 0]
     assert made and all(np.isfinite(r["nll"]) and np.isnan(r["kl"]) for r in made)
     assert res["rows_generated"] >= 3 * 5
+
+
+_MULTIPROCESS = textwrap.dedent(
+    """
+    import os, sys, torch
+    from emofast.backends.vllm_generate import generate
+    import emofast
+    if __name__ == "__main__":
+        path, out = sys.argv[1], sys.argv[2]
+        vm, tok = emofast.load_model(path, backend="vllm", dtype="float32", max_model_len=512, max_num_seqs=6)
+        args = torch.load(sys.argv[3])
+        gens = generate(vm, args["ids"], max_new_tokens=6, read_layers=[1, 3], dirs=args["dirs"],
+                        additions=args["adds"])
+        torch.save([(g.output_ids, g.proj, g.norms) for g in gens], out)
+        vm.llm.llm_engine.engine_core.shutdown()  # see test_vllm_backend's multiprocess test
+        sys.stdout.flush(), sys.stderr.flush()
+        os._exit(0)
+    """
+)
+
+
+def test_generation_with_the_engine_in_another_process(model_dirs, loaded, tmp_path, parity):
+    """vLLM's default (and, on a GPU, only) layout: the engine in another process. The hooks, the steering table
+    and the readings cross the process boundary; per-request steering and readings equal the in-process
+    engine's."""
+    _, _, vm, v_tok = loaded["llama"]
+    ids = [v_tok(t)["input_ids"] for t in PROMPTS[:8]]
+    g = torch.Generator().manual_seed(0)
+    args = {
+        "ids": ids,
+        "dirs": torch.randn(2, 3, 128, generator=g),
+        "adds": {2: torch.randn(8, 128, generator=g) * torch.tensor([1.0, 0, 1, 0, 1, 0, 1, 0])[:, None]},
+    }
+    torch.save(args, tmp_path / "args.pt")
+    script = tmp_path / "mp.py"
+    script.write_text(_MULTIPROCESS)
+    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="1")
+    env.pop("VLLM_ALLOW_INSECURE_SERIALIZATION", None)
+    run = subprocess.run(
+        [sys.executable, str(script), str(model_dirs["llama"]), str(tmp_path / "out.pt"), str(tmp_path / "args.pt")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    got = torch.load(tmp_path / "out.pt")
+    ref = generate(vm, ids, max_new_tokens=6, read_layers=[1, 3], dirs=args["dirs"], additions=args["adds"])
+    plain = generate(vm, ids, max_new_tokens=6)
+    assert [o for o, _, _ in got] == [r.output_ids for r in ref]
+    assert any(r.output_ids != p.output_ids for r, p in zip(ref, plain))  # the steered rows changed
+    assert all(ref[i].output_ids == plain[i].output_ids for i in (1, 3, 5, 7))  # the zero rows did not
+    for (_, proj, norms), r in zip(got, ref):
+        assert parity("llama", "multiprocess engine: readings", r.proj, proj) <= 1e-4
+        assert parity("llama", "multiprocess engine: norms", r.norms, norms) <= 1e-4

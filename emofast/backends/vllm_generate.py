@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import uuid
 import weakref
 from dataclasses import dataclass, field
@@ -236,13 +237,15 @@ def generate(
             prompt["cache_salt"] = salt
         requests.append(prompt)
     llm = handle.llm
-    llm.collective_rpc(_install, args=(spec,))
+    # the spec travels inside the callable (pickled): vLLM's message encoding would turn a dataclass argument
+    # into a dict on the way to an engine in another process
+    llm.collective_rpc(functools.partial(_install, spec))
     try:
         outs = llm.generate(requests, params, use_tqdm=progress)
-        error = next((e for e in llm.collective_rpc(_error) if e is not None), None)
+        error = next((e for e in map(_unpack, llm.collective_rpc(_error)) if e is not None), None)
         if error is not None:
             raise error
-        collected = llm.collective_rpc(_collect)[0] if reading else None
+        collected = _unpack(llm.collective_rpc(_collect)[0]) if reading else None
     finally:
         llm.collective_rpc(_uninstall)
     results, fed = [], []
@@ -475,14 +478,14 @@ class _Session:
             if residual is not None:
                 x = x + residual.index_select(0, sel)
             x = x.float()
-            norm = torch.linalg.vector_norm(x, dim=-1).cpu()
-            for slot in self.slots[layer]:
-                self.proj[slot].append((x @ self.dirs[slot].T).cpu())
+            norm = torch.linalg.vector_norm(x, dim=-1)
+            for slot in self.slots[layer]:  # kept on the device: one copy at the end, no sync per layer
+                self.proj[slot].append(x @ self.dirs[slot].T)
                 self.norms[slot].append(norm)
         return new
 
 
-def _install(worker, spec: GenSpec) -> bool:
+def _install(spec: GenSpec, worker) -> bool:
     """``collective_rpc`` target: start a :func:`generate` call's hooks on this worker."""
     runner = worker.model_runner
     model = runner.get_model()
@@ -493,25 +496,37 @@ def _install(worker, spec: GenSpec) -> bool:
     return True
 
 
-def _error(worker):
-    """``collective_rpc`` target: the first error the hooks kept, or None."""
+def _error(worker) -> bytes:
+    """``collective_rpc`` target: the first error the hooks kept, or None (packed)."""
     session = _SESSIONS.get(worker.model_runner.get_model())
-    return None if session is None else session.error
+    return _pack(None if session is None else session.error)
 
 
-def _collect(worker):
+def _pack(obj) -> bytes:
+    """Bytes (``torch.save``): vLLM's message encoding would turn tuples and arrays into lists on the way back from
+    an engine in another process."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _unpack(data: bytes):
+    return torch.load(io.BytesIO(data), weights_only=False)
+
+
+def _collect(worker) -> bytes | None:
     """``collective_rpc`` target: ``(rows [M], positions [M], proj [M, nL, K], norms [M, nL])`` of every token
-    read, in step order (None off rank 0)."""
+    read, in step order, packed (:func:`_pack`; None off rank 0)."""
     s = _SESSIONS.get(worker.model_runner.get_model())
     if s is None or not s.read:
         return None
     nL = len(s.spec.read_layers)
     K = s.spec.dirs.shape[1]
     if not s.rows:
-        return (np.zeros(0, np.int64), np.zeros(0, np.int64), torch.zeros(0, nL, K), torch.zeros(0, nL))
-    proj = torch.stack([torch.cat(p) for p in s.proj], dim=1)
-    norms = torch.stack([torch.cat(v) for v in s.norms], dim=1)
-    return np.concatenate(s.rows), np.concatenate(s.pos), proj, norms
+        return _pack((np.zeros(0, np.int64), np.zeros(0, np.int64), torch.zeros(0, nL, K), torch.zeros(0, nL)))
+    proj = torch.stack([torch.cat(p) for p in s.proj], dim=1).cpu()
+    norms = torch.stack([torch.cat(v) for v in s.norms], dim=1).cpu()
+    return _pack((np.concatenate(s.rows), np.concatenate(s.pos), proj, norms))
 
 
 def _uninstall(worker) -> bool:
