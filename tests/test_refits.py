@@ -70,6 +70,11 @@ def test_refit_control_in_metrics_and_pairs_csv(ran_refits):
         assert all(row[col] != "" for row in rows), col
     timing = json.loads((ran_refits / "timing.json").read_text())
     assert timing["refits_s"] > 0
+    from emofast.report import write_run_report
+
+    write_run_report(ran_refits)
+    md = (ran_refits / "report.md").read_text()
+    assert "probe - lexical over refits" in md and "Holm p" in md
 
 
 def test_random_init_over_several_seeds(setup, tmp_path):  # noqa: F811

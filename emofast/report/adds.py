@@ -28,6 +28,13 @@ def _diff(e: dict | None) -> str:
     return f"{e['value']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
 
+def _spread(seeds: dict | None) -> str:
+    """``min-max`` of the random-init balanced accuracy over seeds (n/a for one seed)."""
+    if not seeds or len(seeds["balanced_accuracy"]) < 2:
+        return "n/a"
+    return f"{seeds['min']:.3f}-{seeds['max']:.3f} ({len(seeds['balanced_accuracy'])} seeds)"
+
+
 def adds_sentence(pair: str, controls: dict) -> str:
     """One sentence: which of probe - lexical and probe - random-init are outside the noise (interval excludes 0)."""
     parts = []
@@ -82,7 +89,11 @@ def section_model_adds(doc, runs: list[Run]) -> None:
         "logistic regression on the same train split (C chosen on val). Random-init: the same architecture and "
         "tokenizer with freshly initialised weights, through the same pipeline. Shuffled: the probe fitted on "
         "permuted labels (mean over seeds). Differences are paired: the same bootstrap resamples of the test texts "
-        "for both classifiers. These controls are evidence: each can come out against the probe."
+        "for both classifiers. Over refits: probe and lexical baseline refitted on bootstrap resamples of train "
+        "(layers, calibration and C chosen again on val), each refit's difference resampled over test texts, so "
+        "the interval holds the uncertainty of the fits as well as of the test texts; its one-sided p is "
+        "Holm-corrected across the pairs. Random-init over seeds: the range over freshly initialised models "
+        "(--random-init-seeds). These controls are evidence: each can come out against the probe."
     )
     for r in runs:
         c = r.metrics["controls"]
@@ -92,6 +103,8 @@ def section_model_adds(doc, runs: list[Run]) -> None:
         for pair in r.names:
             sh = (c.get("shuffled_labels") or {}).get("balanced_accuracy", {}).get(pair)
             ood = c.get("out_of_domain", {}).get(pair)
+            rf = c.get("refits", {}).get(pair)
+            seeds = c.get("random_init", {}).get("across_seeds", {}).get(pair)
             rows.append(
                 [
                     pair,
@@ -101,6 +114,8 @@ def section_model_adds(doc, runs: list[Run]) -> None:
                     f"{np.mean(sh):.3f}" if sh else "n/a",
                     _diff(c.get("lexical", {}).get(pair, {}).get("probe_minus")),
                     _diff(c.get("random_init", {}).get(pair, {}).get("probe_minus")),
+                    f"{_diff(rf)}, Holm p {rf['p_holm']:.2g}" if rf and rf.get("ci95") else "n/a",
+                    _spread(seeds),
                     _ci(ood["balanced_accuracy"]) if ood else "n/a",
                 ]
             )
@@ -113,6 +128,8 @@ def section_model_adds(doc, runs: list[Run]) -> None:
                 "shuffled",
                 "probe - lexical",
                 "probe - random-init",
+                "probe - lexical over refits",
+                "random-init over seeds",
                 "probe, out-of-domain",
             ],
             rows,
