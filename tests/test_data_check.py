@@ -271,20 +271,14 @@ def bundled_check():
     return check_dataset()
 
 
-def _contrast_cue_warning(w: str) -> bool:
-    """A cue warning (not a contrast rule) on a contrast part: these are tested per pair below."""
-    head = w.split(":", 1)[0]
-    return head.endswith((" contrast", " contrast_train")) and ("alone separates" in w or "sits on one side" in w)
-
-
 def test_the_bundled_data_passes_its_own_check(bundled_check):
     """The bundled pairs pass every check: no cue of any family (style, sentence shape, single word, label words
     scored alike, length) above AUROC 0.60 on any matched split; no broken line pairing; no near-duplicate within
     or across splits; the lexical baseline fooled on every contrast split (<= 0.55); no contrast text naming its own
-    side's feeling; both neutral sets length-matched to the pair texts. (Cues on the contrast parts: per pair,
-    below.)"""
+    side's feeling; both neutral sets length-matched to the pair texts; no cue above the bar on the contrast parts
+    either (per pair, below)."""
     r = bundled_check
-    assert [w for w in r["warnings"] if not _contrast_cue_warning(w)] == []
+    assert r["warnings"] == []
     for name, e in r["pairs"].items():
         assert {"train", "val", "test", "ood"} <= set(e["splits"]), name
         for split, s in e["splits"].items():
@@ -314,22 +308,8 @@ def test_the_bundled_data_passes_its_own_check(bundled_check):
         assert r["neutral_ood"]["texts"] >= 96 and r["neutral_ood"]["length_auroc"] <= WARN_AUROC
 
 
-#: Contrast parts that still fail a cue (the writers' texts; reported, to be rewritten): strict, so that the
-#: marker must go once the texts are fixed.
-CONTRAST_CUE_KNOWN = {
-    "angry_vs_calm": "clause commas AUROC 0.73 (contrast) / 0.70 (contrast_train): the calm texts list the angry "
-    "scene and the protagonist's steps; sentence start 'the' 0.71 (contrast_train)",
-}
-
-
 @pytest.mark.parametrize(
-    "pair",
-    [
-        pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=CONTRAST_CUE_KNOWN[p]))
-        if p in CONTRAST_CUE_KNOWN
-        else p
-        for p in ("sad_vs_happy", "angry_vs_calm", "fear_vs_confidence", "love_vs_hate", "anxious_vs_relaxed")
-    ],
+    "pair", ["sad_vs_happy", "angry_vs_calm", "fear_vs_confidence", "love_vs_hate", "anxious_vs_relaxed"]
 )
 def test_the_bundled_contrast_parts_have_no_cue_above_the_bar(bundled_check, pair):
     """Every cue of every family (label words aside: they point the other way by design) at or under AUROC 0.60
