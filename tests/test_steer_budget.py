@@ -158,6 +158,7 @@ def test_layer_sweep_arms(fitted, tmp_path):
     )
     assert set(res["verdict"]) == {"angry_vs_calm@1", "angry_vs_calm@2", "angry_vs_calm@3"}
     assert all(a["layers"] == [int(k.split("@")[1])] for k, a in res["arms"].items())
+    assert (tmp_path / "sw" / "layers.png").read_bytes()[:4] == b"\x89PNG"  # the curve over layers
     with pytest.raises(ValueError, match="sweep-layers"):
         steer_check(model, tok, probe, "angry_vs_calm", tmp_path / "x", layers="sweep", sweep_layers="a:b")
 

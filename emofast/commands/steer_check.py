@@ -20,7 +20,8 @@ that compare with simply asking for the tone?
 
 Writes ``DIR/steer.jsonl`` (one row per generated text), ``DIR/calibration.json`` (the damage curves),
 ``DIR/summary.csv`` (per arm, direction and alpha), ``DIR/spearman.csv``, ``DIR/effects.csv`` (steering against
-prompting), ``DIR/summary.json`` (all of it, the settings, the verdicts, the time) and ``DIR/dose_response.png``.
+prompting), ``DIR/summary.json`` (all of it, the settings, the verdicts, the time) and ``DIR/dose_response.png`` (with
+``--layers sweep`` also ``DIR/layers.png``: rho and the chosen strength as curves over layers).
 The statistics and the verdicts are in :mod:`emofast.generation.verdict`.
 """
 
@@ -280,9 +281,11 @@ def steer_check(
     )
     write_tables(out, result)
     write_json(out / "summary.json", result)
-    from ..report.steering import fig_steer_check
+    from ..report.steering import fig_layer_sweep, fig_steer_check
 
     (out / "dose_response.png").write_bytes(fig_steer_check(result))
+    if sweep is not None:
+        (out / "layers.png").write_bytes(fig_layer_sweep(result))
     return result
 
 

@@ -11,7 +11,15 @@ import numpy as np
 
 from .figures import new_figure, plotting, png_bytes
 
-__all__ = ["fig_dose_response", "fig_steer_check", "fig_trace", "trace_html", "section_steering", "steer_checks"]
+__all__ = [
+    "fig_dose_response",
+    "fig_steer_check",
+    "fig_layer_sweep",
+    "fig_trace",
+    "trace_html",
+    "section_steering",
+    "steer_checks",
+]
 
 
 def fig_dose_response(summary: list[dict], pair: str, left: str) -> bytes:
@@ -83,6 +91,42 @@ def fig_steer_check(result: dict) -> bytes:
                 ax.legend(fontsize=6, loc="upper left")
                 ax2.legend(fontsize=6, loc="upper right")
         fig.suptitle("steer-check: judges against alpha (95% CIs), prompting baseline (dotted), damage")
+        return png_bytes(fig)
+
+
+def fig_layer_sweep(result: dict) -> bytes:
+    """A ``--layers sweep`` check as curves over layers, one line per pair: each judge's rho with its interval
+    (and the random direction's, dashed), and the chosen alpha range (both directions) under the budget."""
+    judges = list(result["judges"])
+    by_pair: dict[str, list] = {}
+    for arm, v in result["verdict"].items():
+        by_pair.setdefault(v["pair"], []).append((result["arms"][arm]["layers"][0], v))
+    with plotting():
+        fig = new_figure(3.2 * (len(judges) + 1), 3.0)
+        axes = fig.subplots(1, len(judges) + 1, squeeze=False)[0]
+        for pair, items in by_pair.items():
+            items.sort(key=lambda t: t[0])
+            layers = [k for k, _ in items]
+            for ax, j in zip(axes, judges):
+                rho = [v["judges"][j]["rho"] for _, v in items]
+                ax.plot(layers, rho, "-o", ms=3, label=pair)
+                ax.fill_between(
+                    layers,
+                    [v["judges"][j]["lo"] for _, v in items],
+                    [v["judges"][j]["hi"] for _, v in items],
+                    alpha=0.2,
+                )
+                ax.plot(layers, [v["judges"][j]["random_rho"] for _, v in items], "--", lw=1, color="grey")
+                ax.axhline(0, color="black", lw=0.6)
+                ax.set_title(f"rho(alpha, {j}) per steered layer", fontsize=8)
+                ax.set_xlabel("layer")
+            ax = axes[-1]
+            ax.plot(layers, [v["alpha_range"][1] for _, v in items], "-^", ms=3, label=f"{pair} +")
+            ax.plot(layers, [-v["alpha_range"][0] for _, v in items], "-v", ms=3, label=f"{pair} -")
+            ax.set_title("largest |alpha| within the budget", fontsize=8)
+            ax.set_xlabel("layer")
+        axes[0].legend(fontsize=6)
+        axes[-1].legend(fontsize=6)
         return png_bytes(fig)
 
 
