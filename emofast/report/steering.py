@@ -283,7 +283,7 @@ def _section_v2(doc, c: dict) -> None:
     eff = {(e["arm"], e["judge"]): e for e in c["effects"]}
     rows = []
     for arm, v in c["verdict"].items():
-        row = [arm, f"{v['alpha_range'][0]:+.2g} .. {v['alpha_range'][1]:+.2g}"]
+        row = [arm, f"{v['alpha_range'][0]:+.3g} .. {v['alpha_range'][1]:+.3g}"]
         for j in judges:
             jv = v["judges"][j]
             sign = {1: "+", -1: "-", None: "?"}[jv["expected_sign"]]
