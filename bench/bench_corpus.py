@@ -44,34 +44,35 @@ def child(args) -> None:
     import torch
 
     import emofast
-    from emofast.capture.distributed import runner_from_env
+    from emofast.capture.distributed import distributed_session
     from emofast.commands.score import score_corpus
     from emofast.probe import load_probe
 
-    runner = runner_from_env()
-    probe = load_probe(args.probe)
-    model, tok = emofast.load_model(args.model)
-    runner.barrier()  # time the scoring only, from a common start
-    t0 = time.perf_counter()
-    s = score_corpus(probe, model, tok, args.input, args.out, chunk_size=4096, progress=False, runner=runner)
-    dt = time.perf_counter() - t0
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(
-        json.dumps(
-            {
-                "rank": runner.rank,
-                "world_size": runner.world_size,
-                "threads": torch.get_num_threads(),
-                "rows": s.rows,
-                "seconds": dt,
-                "texts_per_s": s.rows / dt,
-                "peak_rss_mb": peak_mb,
-                "rank_texts": s.rank_texts,
-                "deepest_layer": max(probe.scoring_layers()),
-            }
-        ),
-        flush=True,
-    )
+    with distributed_session() as session:
+        runner = session.runner
+        probe = load_probe(args.probe)
+        model, tok = emofast.load_model(args.model, device=session.device)
+        runner.barrier()  # time the scoring only, from a common start
+        t0 = time.perf_counter()
+        s = score_corpus(probe, model, tok, args.input, args.out, chunk_size=4096, progress=False, runner=runner)
+        dt = time.perf_counter() - t0
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(
+            json.dumps(
+                {
+                    "rank": runner.rank,
+                    "world_size": runner.world_size,
+                    "threads": torch.get_num_threads(),
+                    "rows": s.rows,
+                    "seconds": dt,
+                    "texts_per_s": s.rows / dt,
+                    "peak_rss_mb": peak_mb,
+                    "rank_texts": s.rank_texts,
+                    "deepest_layer": max(probe.scoring_layers()),
+                }
+            ),
+            flush=True,
+        )
 
 
 def tiny_setup(work: Path) -> tuple[str, str]:

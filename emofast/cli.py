@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -159,15 +158,14 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _load(args, name: str):
+def _load(args, name: str, device=None):
+    """The model of ``--model``/``name`` on ``device`` (a :class:`~emofast.capture.distributed.Session`'s), or
+    on ``--device`` resolved for torchrun (one GPU per rank)."""
+    from .capture.distributed import resolve_device
     from .capture.loader import load_model
 
-    device = args.device
-    if device is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import torch
-
-        if torch.cuda.is_available():
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    if device is None:
+        device = resolve_device(args.device, device_map=args.device_map)
     if args.backend == "vllm":
         return load_model(name, backend="vllm", dtype=args.dtype, tensor_parallel_size=args.tensor_parallel_size)
     extra = {"tp_plan": args.tp_plan} if args.tp_plan else {}
@@ -196,13 +194,24 @@ def _system_prompt(args):
     return args.system_prompt or None
 
 
-def cmd_run(args) -> int:
-    from .capture.distributed import runner_from_env
-    from .commands.run import profile_table, run
+def _session(args):
+    """The command's :func:`~emofast.capture.distributed.distributed_session` (one process, or torchrun's)."""
+    from .capture.distributed import distributed_session
 
+    return distributed_session(args.device, device_map=args.device_map, tensor_parallel=bool(args.tp_plan))
+
+
+def cmd_run(args) -> int:
     if args.space is not None:
         return _run_space(args)
-    runner = runner_from_env(tensor_parallel=bool(args.tp_plan))
+    with _session(args) as session:
+        return _cmd_run(args, session)
+
+
+def _cmd_run(args, session) -> int:
+    from .commands.run import profile_table, run
+
+    runner = session.runner
     rank = runner.rank
     kwargs = dict(
         pairs=args.pair,
@@ -230,7 +239,7 @@ def cmd_run(args) -> int:
         progress=not args.no_progress and rank == 0,
         report=not args.no_report,
     )
-    model, tok = _load(args, args.model)
+    model, tok = _load(args, args.model, session.device)
     res = run(model, args.pairs, args.out, tokenizer=tok, model_name=args.model, runner=runner, **kwargs)
     if res is None:  # not rank 0
         return 0
@@ -274,15 +283,18 @@ def _run_space(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from .capture.distributed import runner_from_env
+    with _session(args) as session:
+        return _cmd_score(args, session)
+
+
+def _cmd_score(args, session) -> int:
     from .commands.score import score_corpus
     from .probe.paired import load_probe
 
-    tensor_parallel = bool(args.tp_plan)
-    runner = runner_from_env(tensor_parallel=tensor_parallel)
+    runner = session.runner
     probe = load_probe(args.probe)
     name = args.model or probe.meta.get("model_load") or probe.meta["model"]
-    model, tok = _load(args, name)
+    model, tok = _load(args, name, session.device)
     summary = score_corpus(
         probe,
         model,

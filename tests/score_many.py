@@ -2,7 +2,8 @@
 
     python -m torch.distributed.run --nproc_per_node=2 tests/score_many.py PROBE IN1 OUT1 [IN2 OUT2 ...] [-- ARGS]
 
-``ARGS`` (e.g. ``--chunk-size 10``) go to every call. Exits with the first non-zero return code.
+``ARGS`` (e.g. ``--chunk-size 10``) go to every call. Exits with the first non-zero return code. Each call sets up
+and destroys its own process group (one command after another in one process, as a user's script may do).
 """
 
 from __future__ import annotations

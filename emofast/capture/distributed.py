@@ -14,17 +14,29 @@ With ``--tp-plan auto`` (transformers' tensor parallelism, for models too big fo
 split each layer and run every batch together; nothing is sharded and rank 0 alone writes.
 
 :class:`Runner` is the single-process implementation of the three engine calls; :class:`ShardedRunner` the
-distributed one, with the same signatures.
+distributed one, with the same signatures. :func:`distributed_session` is the one place where a command sets up
+the process group (backend from the device: gloo on CPU, NCCL with one GPU per rank) and destroys it again.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-__all__ = ["Runner", "ShardedRunner", "ReplicatedRunner", "runner_from_env", "init_from_env"]
+__all__ = [
+    "Runner",
+    "ShardedRunner",
+    "ReplicatedRunner",
+    "Session",
+    "distributed_session",
+    "resolve_device",
+    "torchrun_env",
+]
 
 
 class Runner:
@@ -147,25 +159,6 @@ class ShardedRunner(Runner):
         self.dist.barrier(group=self.group)
 
 
-def init_from_env():
-    """Initialise the default process group from torchrun's variables; ``(rank, world_size)``.
-
-    NCCL with one GPU per process when CUDA is available (``LOCAL_RANK`` picks it), gloo otherwise.
-    Without ``WORLD_SIZE > 1`` nothing is initialised and ``(0, 1)`` is returned.
-    """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-            dist.init_process_group("nccl")
-        else:
-            dist.init_process_group("gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
 class ReplicatedRunner(Runner):
     """Tensor parallelism (``tp_plan="auto"``): every rank runs every batch in lockstep (the model's own
     collectives split each layer), so nothing is sharded; only rank 0 writes."""
@@ -182,10 +175,136 @@ class ReplicatedRunner(Runner):
         self.dist.barrier(group=self.group)
 
 
-def runner_from_env(tensor_parallel: bool = False) -> Runner:
-    """Under torchrun: a :class:`ShardedRunner` (data parallel) or, with ``tensor_parallel``, a
-    :class:`ReplicatedRunner`; otherwise a plain :class:`Runner`."""
-    _, world = init_from_env()
+def torchrun_env() -> tuple[int, int, int, int]:
+    """``(rank, world_size, local_rank, local_world_size)`` from torchrun's variables (``(0, 1, 0, 1)`` without).
+
+    ``local_world_size`` is the number of processes torchrun started on this machine (``--nproc-per-node``).
+    """
+    env = os.environ
+    world = int(env.get("WORLD_SIZE", "1"))
+    local_world = int(env.get("LOCAL_WORLD_SIZE", str(world)))
+    return int(env.get("RANK", "0")), world, int(env.get("LOCAL_RANK", "0")), local_world
+
+
+def resolve_device(device=None, *, device_map=None) -> torch.device | None:
+    """The device a command's model runs on, from ``--device``, ``--device-map`` and torchrun's variables.
+
+    Outside torchrun (``WORLD_SIZE`` 1): ``device`` as given (``None``: :func:`emofast.load_model`'s default).
+    Under torchrun, one GPU per rank: ``None`` or ``"cuda"`` give ``cuda:LOCAL_RANK`` when CUDA is available
+    (``None`` gives ``cpu`` otherwise); ``"cpu"`` stays on the CPU even on a GPU machine; an explicit ``"cuda:N"``
+    is accepted only with one process per machine. With ``device_map`` (e.g. ``"auto"``: the model spread over
+    every GPU of the machine) torchrun must start one process per machine (``--nproc-per-node 1``, with
+    ``--nnodes`` for several machines): several ranks would each spread their copy over the same GPUs. The
+    device returned is then ``cuda:0`` (where the map starts, and the rank's NCCL device).
+
+    Raises:
+        ValueError: a request the machine cannot serve (CUDA absent, more processes than GPUs, a device map
+            with several processes per machine), naming the numbers and what to do instead.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    _, world, local_rank, local_world = torchrun_env()
     if world <= 1:
-        return Runner()
-    return ReplicatedRunner() if tensor_parallel else ShardedRunner()
+        return None if device is None else torch.device(device)
+    cuda = torch.cuda.is_available()
+    want = torch.device(device) if device is not None else torch.device("cuda" if cuda else "cpu")
+    if device_map is not None and cuda:
+        if local_world > 1:
+            raise ValueError(
+                f"--device-map {device_map} under torchrun with {local_world} processes on this machine: every "
+                "rank would spread its own copy of the model over the same GPUs. Start one process per machine "
+                "(torchrun --nproc-per-node 1, --nnodes for more machines) to keep the map, or drop --device-map "
+                "for one GPU per rank (data parallel), or use --tp-plan auto (tensor parallel)"
+            )
+        want = torch.device("cuda", 0)
+    if want.type != "cuda":
+        return want
+    if not cuda:
+        raise ValueError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+    gpus = torch.cuda.device_count()
+    if local_world > gpus:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise ValueError(
+            f"torchrun started {local_world} processes on this machine but {gpus} GPU"
+            f"{'s are' if gpus != 1 else ' is'} visible"
+            + (f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else "")
+            + f": one GPU per rank needs --nproc-per-node {gpus} or fewer (or --device cpu for gloo on the CPU)"
+        )
+    if want.index is None:
+        return torch.device("cuda", local_rank)
+    if local_world > 1 and device_map is None:
+        raise ValueError(
+            f"--device {device} under torchrun with {local_world} processes on this machine would put every rank "
+            "on the same GPU: use --device cuda (rank i takes GPU LOCAL_RANK = i)"
+        )
+    return want
+
+
+@dataclass
+class Session:
+    """What :func:`distributed_session` yields: the ``runner`` for the workflow calls, the ``device`` the model
+    goes to (``None``: :func:`emofast.load_model`'s default), and ``backend`` (``"gloo"``, ``"nccl"``, or
+    ``None`` for one process)."""
+
+    runner: Runner
+    device: torch.device | None
+    backend: str | None = None
+
+
+_SESSIONS = itertools.count()
+
+
+@contextmanager
+def distributed_session(device=None, *, device_map=None, tensor_parallel: bool = False):
+    """Set up the process group for one command, and tear it down at the end; a :class:`Session`.
+
+    Outside torchrun it yields a plain :class:`Runner`. Under torchrun (``WORLD_SIZE > 1``) it resolves the
+    device (:func:`resolve_device`), initialises the default process group from torchrun's variables with the
+    backend the device needs (gloo for ``cpu``, NCCL for ``cuda`` with ``device_id`` set to the rank's GPU), and
+    yields a :class:`ShardedRunner` (data parallel) or, with ``tensor_parallel``, a :class:`ReplicatedRunner`.
+
+    On leaving, a group this call created is destroyed: after a barrier when the body succeeded (no rank closes
+    its connections while another still talks to it), at once when it raised (the exception goes on; torchrun
+    then stops the other ranks). A process that exits with a live gloo group can die in SIGABRT ("terminate
+    called without an active exception") after its work is done. A group that already existed (a script that
+    runs several commands in one session) is used as is and left to its owner.
+
+    Example:
+        >>> with distributed_session("cpu") as s:
+        ...     s.runner.world_size
+        1
+    """
+    _, world, _, _ = torchrun_env()
+    dev = resolve_device(device, device_map=device_map)
+    if world <= 1:
+        yield Session(Runner(), dev)
+        return
+    import torch.distributed as dist
+
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    owned = not dist.is_initialized()
+    if owned:
+        # torchrun's store, under a prefix of its own for each session of this process: a second command in the
+        # same process (every rank runs the same commands, so the counters agree) meets no stale keys of the
+        # first group, which would make its initialisation hang.
+        store, rank, world = next(dist.rendezvous("env://"))
+        kw = {"store": dist.PrefixStore(f"emofast/{next(_SESSIONS)}", store), "rank": rank, "world_size": world}
+        if backend == "nccl":
+            torch.cuda.set_device(dev)
+            kw["device_id"] = dev
+        dist.init_process_group(backend, **kw)
+    else:
+        backend = dist.get_backend()
+    ok = False
+    try:
+        yield Session(ReplicatedRunner() if tensor_parallel else ShardedRunner(), dev, backend)
+        ok = True
+    finally:
+        if owned:
+            try:
+                if ok:
+                    dist.barrier()
+            finally:
+                dist.destroy_process_group()

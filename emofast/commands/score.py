@@ -283,38 +283,40 @@ def score_corpus(
     rows = errors = tokens = 0
     rank_texts: list[int] = []
     new_chunks = 0
-    for k, (records, bad, resume) in enumerate(record_chunks(input_path, chunk_size, tuple(start)), start=resumed):
-        if strict and bad:
-            raise ValueError(f"bad input record (--strict): {bad[0]}")
-        stats: dict = {}
-        proj, norms = runner.project(
-            model,
-            tokenizer,
-            [r.text for r in records],
-            directions,
-            layers=layers,
-            batch_size=batch_size,
-            max_tokens=max_tokens,
-            progress=False,
-            stats=stats,
-            **probe.extraction(),
-        )
-        per_rank = stats.get("rank_texts", [len(records)])
-        sha = _write_chunk(work, k, records, bad, probe.columns(proj, norms, layers)) if writer else None
-        ckpt.record(k, len(records), len(bad), sha, resume, per_rank, save=writer)
-        rows += len(records)
-        errors += len(bad)
-        tokens += stats.get("tokens", 0)
-        rank_texts = _add_counts(rank_texts, per_rank)
-        new_chunks += 1
+    try:
+        for k, (records, bad, resume) in enumerate(record_chunks(input_path, chunk_size, tuple(start)), start=resumed):
+            if strict and bad:
+                raise ValueError(f"bad input record (--strict): {bad[0]}")
+            stats: dict = {}
+            proj, norms = runner.project(
+                model,
+                tokenizer,
+                [r.text for r in records],
+                directions,
+                layers=layers,
+                batch_size=batch_size,
+                max_tokens=max_tokens,
+                progress=False,
+                stats=stats,
+                **probe.extraction(),
+            )
+            per_rank = stats.get("rank_texts", [len(records)])
+            sha = _write_chunk(work, k, records, bad, probe.columns(proj, norms, layers)) if writer else None
+            ckpt.record(k, len(records), len(bad), sha, resume, per_rank, save=writer)
+            rows += len(records)
+            errors += len(bad)
+            tokens += stats.get("tokens", 0)
+            rank_texts = _add_counts(rank_texts, per_rank)
+            new_chunks += 1
+            if bar is not None:
+                el = max(time.perf_counter() - t0, 1e-9)
+                bar.update(len(records) + len(bad))
+                bar.set_postfix_str(f"{rows / el:,.1f} texts/s, {tokens / el:,.0f} tok/s, {errors} bad", refresh=False)
+            if max_chunks is not None and new_chunks >= max_chunks:
+                break
+    finally:
         if bar is not None:
-            el = max(time.perf_counter() - t0, 1e-9)
-            bar.update(len(records) + len(bad))
-            bar.set_postfix_str(f"{rows / el:,.1f} texts/s, {tokens / el:,.0f} tok/s, {errors} bad", refresh=False)
-        if max_chunks is not None and new_chunks >= max_chunks:
-            break
-    if bar is not None:
-        bar.close()
+            bar.close()  # also on error: no bar left behind for the process's exit
     seconds = time.perf_counter() - t0
     finished = max_chunks is None or new_chunks < max_chunks
     if writer and finished:
