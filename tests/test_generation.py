@@ -346,3 +346,22 @@ def test_trace_readings_a_person_can_read(fitted, tmp_path):
     assert len(gen) >= 4 and len(set(gen)) > 1  # colours vary over the generated tokens
     assert "t sink" in page and "transparent" in page.split("t sink")[1][:40]
     assert fig_trace(rows, "0")[:4] == b"\x89PNG"
+
+
+def test_token_reference_is_keyed_and_never_measured_steered(fitted):
+    """The cached per-token reference belongs to one model and template: another template measures anew; inside
+    Steering a missing reference is a clear error, an existing one is reused."""
+    from emofast.generation.trace import token_reference
+
+    model, tok, data, probe = fitted
+    probe.token_reference = None
+    ref = token_reference(model, tok, probe)
+    assert token_reference(model, tok, probe) is ref  # cached
+    plain = token_reference(model, tok, probe, chat_template=False)
+    assert plain is not ref and plain["_key"] != ref["_key"]
+    with emofast.Steering(model, probe, {"sad_vs_happy": 2.0}, tok=tok):
+        assert token_reference(model, tok, probe, chat_template=False) is plain  # the cached, unsteered one
+        probe.token_reference = None
+        with pytest.raises(RuntimeError, match="unsteered"):
+            token_reference(model, tok, probe)
+    assert getattr(model, "emofast_steering_active", 0) == 0

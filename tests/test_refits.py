@@ -93,3 +93,24 @@ def test_random_init_over_several_seeds(setup, tmp_path):  # noqa: F811
         s = spread[name]
         assert len(s["balanced_accuracy"]) == 2 and s["balanced_accuracy"][0] == ri[name]["balanced_accuracy"]["value"]
         assert s["min"] <= s["mean"] <= s["max"] and s["sd"] is not None
+        assert len(s["auroc"]) == 2
+    assert spread["weights_fingerprint"][0] != spread["weights_fingerprint"][1]  # two different fresh models
+
+
+def test_identity_refits_reproduce_the_probe_and_the_lexical_control(setup, tmp_path, monkeypatch):  # noqa: F811
+    """With every resample the train split itself, each refit is the probe and the lexical baseline again: the
+    refit balanced accuracies equal the run's test figures (offsets, column blocks and selection line up)."""
+    import emofast.commands.refits as refits_mod
+    from emofast.cli import main
+
+    monkeypatch.setattr(refits_mod, "train_resamples", lambda train, n, seed: [np.arange(len(train.y))] * n)
+    out = tmp_path / "run"
+    args = ["run", "--model", str(setup / "model"), "--pairs", str(setup / "data"), "--out", str(out)]
+    args += ["--width", "2", "--n-boot", "50", "--no-progress", "--no-report", "--controls", "lexical"]
+    assert main([*args, "--shuffled", "3", "--refits", "2"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    for name, t in m["pairs_test"].items():
+        r = m["controls"]["refits"][name]
+        assert r["probe_balanced_accuracy"] == pytest.approx([t["balanced_accuracy"]["value"]] * 2, abs=1e-9)
+        lex = m["controls"]["lexical"][name]["balanced_accuracy"]["value"]
+        assert r["lexical_balanced_accuracy"] == pytest.approx([lex] * 2, abs=1e-9)

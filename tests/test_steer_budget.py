@@ -13,7 +13,7 @@ from test_workflow import write_pairs
 
 from emofast.data import load_pairs
 from emofast.data.prompts import calibration_prompts, instructed, steer_prompts
-from emofast.generation.calibrate import _Search, find_alpha_range, within_budget
+from emofast.generation.calibrate import AlphaSearch, find_alpha_range, within_budget
 from emofast.generation.effects import boot_fraction, boot_spearman
 from emofast.generation.judges import (
     EMPATH_CATEGORIES,
@@ -38,7 +38,7 @@ def fitted(tmp_path_factory):
     return model, tok, data, PairedProbe.fit(model, tok, data, width=2)
 
 
-def _run(search: _Search, limit: float) -> list[float]:
+def _run(search: AlphaSearch, limit: float) -> list[float]:
     """Drive a search against a damage that crosses the budget at ``limit``; the alphas it tried."""
     tried = []
     while not search.done:
@@ -49,13 +49,13 @@ def _run(search: _Search, limit: float) -> list[float]:
 
 
 def test_search_doubles_halves_and_bisects():
-    s = _Search(1.0, 0.125, 16.0, 2)
+    s = AlphaSearch(1.0, 0.125, 16.0, 2)
     assert _run(s, 2.6) == [1.0, 2.0, 4.0, 3.0, 2.5] and s.lo == 2.5
-    s = _Search(1.0, 0.125, 16.0, 2)
+    s = AlphaSearch(1.0, 0.125, 16.0, 2)
     assert _run(s, 0.3) == [1.0, 0.5, 0.25, 0.375, 0.3125] and s.lo == 0.25
-    s = _Search(1.0, 0.125, 16.0, 2)
+    s = AlphaSearch(1.0, 0.125, 16.0, 2)
     assert _run(s, 0.01) == [1.0, 0.5, 0.25, 0.125] and s.lo == 0.0  # not steerable within the budget
-    s = _Search(1.0, 0.125, 16.0, 2)
+    s = AlphaSearch(1.0, 0.125, 16.0, 2)
     assert _run(s, 100.0) == [1.0, 2.0, 4.0, 8.0, 16.0] and s.lo == 16.0  # the cap
     assert within_budget(1.4, 9.0, 1.5, None) and not within_budget(1.4, 9.0, 1.5, 1.0)
     assert not within_budget(float("nan"), 0.0, 1.5, None)

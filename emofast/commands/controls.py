@@ -140,6 +140,8 @@ def _random_init(
     device = next(model.parameters()).device
     torch.manual_seed(seed)
     fresh = AutoModelForCausalLM.from_config(model.config, dtype=dtype).to(device).eval()
+    # which fresh model this was: the sum of its input embeddings (differs between seeds)
+    fingerprint = float(fresh.get_input_embeddings().weight.double().sum())
     fit_keys = ("method", "score", "position", "chat_template", "system_prompt", "batch_size", "max_tokens")
     fk = {k: v for k, v in fit_kwargs.items() if k in fit_keys}
     select = {k: v for k, v in fit_kwargs.items() if k not in fit_keys}  # policy, width, calibration, ...
@@ -164,7 +166,7 @@ def _random_init(
     rprobe.select_and_calibrate(ls[n_tr : n_tr + n_va], splits["val"], **select)
     rband = rprobe.band_scores(ls[n_tr + n_va : n_tr + n_va + n_test], rprobe.layers)
     rp_left = rprobe.probabilities(rband)
-    out = {"seed": seed, "chosen_layers": rprobe.chosen}
+    out = {"seed": seed, "chosen_layers": rprobe.chosen, "weights_fingerprint": fingerprint}
     for p, name in enumerate(rprobe.names):
         idx = test.of_pair(p)
         out[name] = _compare(
@@ -198,11 +200,12 @@ def _random_init(
 
 def _across_seeds(runs: list, names) -> dict:
     """Per pair the random-init balanced accuracy of every seed, with mean, sd (ddof 1), min and max."""
-    out = {"seeds": [r["seed"] for r in runs]}
+    out = {"seeds": [r["seed"] for r in runs], "weights_fingerprint": [r["weights_fingerprint"] for r in runs]}
     for name in names:
         v = np.array([r[name]["balanced_accuracy"]["value"] for r in runs if name in r])
         out[name] = {
             "balanced_accuracy": v.tolist(),
+            "auroc": [r[name]["auroc"]["value"] for r in runs if name in r],
             "mean": float(v.mean()),
             "sd": float(v.std(ddof=1)) if len(v) > 1 else None,
             "min": float(v.min()),

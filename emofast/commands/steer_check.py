@@ -127,6 +127,11 @@ def steer_check(
     from ..generation.steer import random_vectors, steering_vectors
 
     names = resolve_pairs(probe, pair)
+    if max_kl is not None and getattr(model, "emofast_backend", None) is not None:
+        raise ValueError(
+            "max_kl: the vLLM backend does not return next-token distributions, so KL cannot be a budget there "
+            "(it is reported as NaN); use max_ppl_ratio, or the Hugging Face backend"
+        )
     if layers not in ("probe", "sweep"):
         raise ValueError(f"layers={layers!r}: expected 'probe' or 'sweep'")
     out = Path(out)

@@ -28,7 +28,7 @@ import time
 
 from .damage import generate_rows, mean_kl, pooled_ppl
 
-__all__ = ["find_alpha_range", "within_budget"]
+__all__ = ["find_alpha_range", "within_budget", "AlphaSearch"]
 
 
 def within_budget(ppl_ratio: float, kl: float, max_ppl_ratio: float, max_kl: float | None) -> bool:
@@ -38,7 +38,7 @@ def within_budget(ppl_ratio: float, kl: float, max_ppl_ratio: float, max_kl: flo
     return max_kl is None or (math.isfinite(kl) and kl <= max_kl)
 
 
-class _Search:
+class AlphaSearch:
     """Doubling/halving, then bisection, for one arm and direction."""
 
     def __init__(self, start, min_alpha, max_alpha, bisect):
@@ -104,7 +104,7 @@ def find_alpha_range(
     n = len(prompts)
     base = generate_rows(model, tok, prompts, [{}] * n, {}, **gen)
     base_ppl = pooled_ppl(base["nll"], base["n_tokens"])
-    searches = {(a, s): _Search(start, min_alpha, max_alpha, bisect) for a in arms for s in ("+", "-")}
+    searches = {(a, s): AlphaSearch(start, min_alpha, max_alpha, bisect) for a in arms for s in ("+", "-")}
     curves: dict = {key: [] for key in searches}
     rnd = 0
     while True:

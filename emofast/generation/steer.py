@@ -209,6 +209,8 @@ class AddSteering:
         return hook
 
     def __enter__(self):
+        # read by emofast.generation.trace.token_reference: a per-token reference is never measured steered
+        self.model.emofast_steering_active = getattr(self.model, "emofast_steering_active", 0) + 1
         if is_vllm(self.model):
             push_steering(self.model, self.vectors, self.where)
             return self
@@ -221,6 +223,7 @@ class AddSteering:
         return self
 
     def __exit__(self, *exc):
+        self.model.emofast_steering_active = max(0, getattr(self.model, "emofast_steering_active", 1) - 1)
         if is_vllm(self.model):
             pop_steering(self.model)
             return

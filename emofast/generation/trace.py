@@ -141,21 +141,32 @@ def token_reference(model, tok, probe, texts=None, *, chat_template=None, batch_
 
     ``texts``: neutral user turns (default: the first :data:`REFERENCE_TEXTS` of the bundled neutral set). Every
     real token of every rendered prompt (template tokens included: a trace reads them too) except sinks counts.
-    The result is kept on the probe (``probe.token_reference``), so a second trace with the same probe reuses it.
+    The default reference is kept on the probe (``probe.token_reference``) with the model and template it was
+    measured with, so a second trace of the same model with the same template reuses it. It must be measured on
+    the unsteered model: inside :class:`~emofast.generation.steer.Steering` a missing reference is an error
+    (measure it first, as :func:`emofast.steer` does).
     """
     default = texts is None
-    cached = getattr(probe, "token_reference", None)
-    if cached is not None and default:
-        return cached
-    if default:
-        from ..data.pairs import bundled_path, load_jsonl
-
-        texts = [t for _, t in load_jsonl(bundled_path() / "neutral.jsonl")][:REFERENCE_TEXTS]
     ex = probe.extraction()
     if chat_template is None:
         chat_template = ex.get("chat_template", True)
     chat_template = bool(chat_template and getattr(tok, "chat_template", None) is not None)
     system_prompt = ex.get("system_prompt") if chat_template else None
+    name = getattr(getattr(model, "config", None), "_name_or_path", None)
+    key = repr((id(model), name, chat_template, system_prompt))
+    cached = getattr(probe, "token_reference", None)
+    if default and cached is not None and cached.get("_key") == key:
+        return cached
+    if getattr(model, "emofast_steering_active", 0):
+        raise RuntimeError(
+            "the per-token reference must be measured on the unsteered model, and steering is active: call "
+            "emofast.generation.trace.token_reference(model, tok, probe) before entering Steering and pass it as "
+            "reference=, or pass reference=None"
+        )
+    if default:
+        from ..data.pairs import bundled_path, load_jsonl
+
+        texts = [t for _, t in load_jsonl(bundled_path() / "neutral.jsonl")][:REFERENCE_TEXTS]
     layers = probe.scoring_layers()
     names = reading_columns(probe.column_names())
     values = {c: [] for c in names}
@@ -170,6 +181,7 @@ def token_reference(model, tok, probe, texts=None, *, chat_template=None, batch_
         sd = float(v.std()) if len(v) > 1 else 1.0
         ref[c] = (float(v.mean()) if len(v) else 0.0, sd if sd > 0 else 1.0)
     if default:
+        ref["_key"] = key
         probe.token_reference = ref
     return ref
 
