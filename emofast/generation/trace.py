@@ -206,16 +206,18 @@ def trace(
     """Generate from ``prompts`` and read ``probe`` at every token.
 
     Args:
-        model, tok: a Hugging Face causal LM and its tokenizer (:func:`emofast.load_model`).
+        model, tok: a Hugging Face causal LM and its tokenizer (:func:`emofast.load_model`), or a vLLM handle
+            (``backend="vllm"``: the same table, read inside vLLM's workers, see
+            :mod:`emofast.backends.vllm_generate`; a :class:`~emofast.Steering` context around the call steers it).
         prompts: the user turns (rendered with the chat template and the probe's system prompt when
             ``chat_template`` and the tokenizer has a template; fed as they are otherwise). ``chat_template=None``
             (default) does what the probe was fitted with.
         probe: a fitted :class:`~emofast.PairedProbe` (or any probe with ``scoring_layers``, ``directions_for``,
             ``extraction``, ``columns`` and ``column_names``, such as an emotion space).
         max_new_tokens, do_sample, seed, temperature, top_p: generation settings (greedy by default;
-            ``torch.manual_seed(seed + batch)`` before each batch).
+            ``torch.manual_seed(seed + batch)`` before each batch; on vLLM, request ``i`` is seeded with ``seed + i``).
         include_prompt: also return the prompt's own tokens (``is_generated = False``).
-        batch_size: prompts per batch (default: all at once, at most 32).
+        batch_size: prompts per batch (default: all at once, at most 32; vLLM schedules all prompts itself).
         ids: a name per prompt (default ``"0"``, ``"1"``, ...).
         reference: the per-token reference of the ``tz_`` columns (:mod:`emofast.generation.readings`):
             ``"neutral"`` (the model's per-token readings of the bundled neutral texts, computed once per probe),
