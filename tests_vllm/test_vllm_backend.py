@@ -163,7 +163,7 @@ def _write_pairs(root, n=(8, 6, 4)):
     return root
 
 
-def test_paired_probe_through_vllm(model_dirs, loaded, tmp_path, parity):
+def test_paired_probe_through_vllm(model_dirs, loaded, tmp_path, parity, monkeypatch):
     """A probe fitted on the HF model scores the same through the vLLM handle; fitting through it gives the
     same directions."""
     hf, hf_tok, vm, v_tok = loaded["llama"]
@@ -180,7 +180,14 @@ def test_paired_probe_through_vllm(model_dirs, loaded, tmp_path, parity):
     ref = PairedProbe.fit_directions(hf, hf_tok, data, method="mean-diff")
     assert fitted.meta["model"] == ref.meta["model"] and fitted.meta["dtype"] == "float32"
     assert parity("llama", "probe directions (mean-diff)", ref.directions, fitted.directions) <= 1e-4
-    # emofast score --backend vllm: the CLI loads the handle and streams the corpus through it
+    # emofast score --backend vllm: the CLI streams the corpus through the handle. Its loader hands over the
+    # session's engine: a second in-process engine, once collected, tears down the process's vLLM groups that
+    # the session's engines need (later tests then fail with "pipeline model parallel group is not initialized").
+    def load(args, name, *rest, **kw):
+        assert args.backend == "vllm" and name == str(model_dirs["llama"])
+        return vm, v_tok
+
+    monkeypatch.setattr(emofast.cli, "_load", load)
     probe.save(tmp_path / "probe")
     (tmp_path / "in.jsonl").write_text(
         "".join(json.dumps({"id": f"t{i}", "text": t}) + "\n" for i, t in enumerate(texts))
