@@ -141,7 +141,7 @@ def _random_init(
     torch.manual_seed(seed)
     fresh = AutoModelForCausalLM.from_config(model.config, dtype=dtype).to(device).eval()
     # which fresh model this was: the sum of its input embeddings (differs between seeds)
-    fingerprint = float(fresh.get_input_embeddings().weight.double().sum())
+    fingerprint = float(fresh.get_input_embeddings().weight.detach().double().sum())
     fit_keys = ("method", "score", "position", "chat_template", "system_prompt", "batch_size", "max_tokens")
     fk = {k: v for k, v in fit_kwargs.items() if k in fit_keys}
     select = {k: v for k, v in fit_kwargs.items() if k not in fit_keys}  # policy, width, calibration, ...
