@@ -365,3 +365,25 @@ def test_token_reference_is_keyed_and_never_measured_steered(fitted):
         with pytest.raises(RuntimeError, match="unsteered"):
             token_reference(model, tok, probe)
     assert getattr(model, "emofast_steering_active", 0) == 0
+
+
+def test_trace_corpus_with_repeated_ids_across_files(fitted, tmp_path):
+    """A folder of JSONL files without ids numbers each file's lines from 1, so one chunk holds the same id twice:
+    the trace and its per-generation summary still come out, one summary row per prompt, the user's ids kept."""
+    import pyarrow.parquet as pq
+
+    from emofast.commands.trace_corpus import summary_path, trace_corpus
+
+    model, tok, _, probe = fitted
+    folder = tmp_path / "prompts"
+    folder.mkdir()
+    for name in ("a", "b"):
+        (folder / f"{name}.jsonl").write_text(
+            "".join(json.dumps({"text": f"Describe {name} {k}."}) + "\n" for k in range(2))
+        )
+    out = tmp_path / "t.parquet"
+    trace_corpus(model, tok, probe, folder, out, chunk_size=8, max_new_tokens=3, progress=False)
+    summary = pq.read_table(summary_path(out)).to_pylist()
+    assert len(summary) == 4 and sorted(r["prompt_id"] for r in summary) == ["1", "1", "2", "2"]
+    rows = pq.read_table(out).to_pylist()
+    assert {r["prompt_id"] for r in rows} == {"1", "2"} and sum(r["n_generated"] for r in summary) > 0

@@ -303,9 +303,14 @@ def _attach(results: list, collected, fed: list) -> None:
         out_p = torch.full((need, nL, K), float("nan"))
         out_n = torch.full((need, nL), float("nan"))
         keep = p < need
-        out_p[torch.from_numpy(p[keep])] = proj[torch.from_numpy(sel[keep])]
-        out_n[torch.from_numpy(p[keep])] = norms[torch.from_numpy(sel[keep])]
-        missing = np.setdiff1d(np.arange(need), p[keep])
+        # a preempted request is recomputed: the same position read twice; keep its last reading explicitly
+        # (index_put with repeated indices is undefined in torch)
+        pk, sk = p[keep], sel[keep]
+        _, last_rev = np.unique(pk[::-1], return_index=True)
+        last = len(pk) - 1 - last_rev
+        out_p[torch.from_numpy(pk[last])] = proj[torch.from_numpy(sk[last])]
+        out_n[torch.from_numpy(pk[last])] = norms[torch.from_numpy(sk[last])]
+        missing = np.setdiff1d(np.arange(need), pk)
         if len(missing):
             raise RuntimeError(
                 f"prompt {i}: vLLM computed no reading at positions {missing[:8].tolist()} of {need} (a cached "

@@ -183,6 +183,9 @@ def trace_corpus(
             if strict and bad:
                 raise ValueError(f"bad input record (--strict): {bad[0]}")
             ids = [str(r.id) for r in records]
+            # ids need not be unique across input files (a file without ids numbers its lines): trace and summarise
+            # by position in the chunk, then write the user's ids
+            pos = [str(j) for j in range(len(records))]
             cols, texts = trace_rows(
                 model,
                 tok,
@@ -196,12 +199,14 @@ def trace_corpus(
                 batch_size=None,
                 temperature=None,
                 top_p=None,
-                ids=ids,
+                ids=pos,
                 reference=reference,
             )
-            summ = summarize(cols, ids, texts)
+            summ = summarize(cols, pos, texts)
+            cols["prompt_id"] = [ids[int(j)] for j in cols["prompt_id"]]
+            summ.pop("prompt_id")
             summ = {
-                "prompt_id": summ.pop("prompt_id"),
+                "prompt_id": ids,
                 "source": [r.source for r in records],
                 "line": [r.line for r in records],
                 **summ,
