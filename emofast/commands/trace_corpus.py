@@ -178,58 +178,60 @@ def trace_corpus(
     reference = token_reference(model, tok, probe)  # the unsteered model's, before any steering
     steering = Steering(model, probe, steer, where=where, kind=kind, tok=tok) if steer else contextlib.nullcontext()
     t0, new, tokens = time.perf_counter(), 0, 0
-    with steering:
-        for k, (records, bad, resume) in enumerate(record_chunks(input_path, chunk_size, start), start=resumed):
-            if strict and bad:
-                raise ValueError(f"bad input record (--strict): {bad[0]}")
-            ids = [str(r.id) for r in records]
-            # ids need not be unique across input files (a file without ids numbers its lines): trace and summarise
-            # by position in the chunk, then write the user's ids
-            pos = [str(j) for j in range(len(records))]
-            cols, texts = trace_rows(
-                model,
-                tok,
-                [r.text for r in records],
-                probe,
-                max_new_tokens=max_new_tokens,
-                do_sample=do_sample,
-                seed=seed + k * chunk_size,
-                chat_template=None,
-                include_prompt=include_prompt,
-                batch_size=None,
-                temperature=None,
-                top_p=None,
-                ids=pos,
-                reference=reference,
-            )
-            summ = summarize(cols, pos, texts)
-            cols["prompt_id"] = [ids[int(j)] for j in cols["prompt_id"]]
-            summ.pop("prompt_id")
-            summ = {
-                "prompt_id": ids,
-                "source": [r.source for r in records],
-                "line": [r.line for r in records],
-                **summ,
-            }
-            _write(work / f"summary-{k:06d}.parquet", arrow_table(summ))
-            sha = _write(work / part_name(k), arrow_table(cols))
-            atomic_write_bytes(
-                work / errors_name(k),
-                "".join(
-                    json.dumps({"source": b.source, "line": b.line, "problem": b.problem}) + "\n" for b in bad
-                ).encode(),
-            )
-            ckpt.record(k, len(records), len(bad), sha, resume, [len(records)])
-            tokens += len(cols["token_index"])
-            new += 1
-            if bar is not None:
-                el = max(time.perf_counter() - t0, 1e-9)
-                bar.update(len(records) + len(bad))
-                bar.set_postfix_str(f"{tokens / el:,.0f} tokens read/s", refresh=False)
-            if max_chunks is not None and new >= max_chunks:
-                break
-    if bar is not None:
-        bar.close()
+    try:
+        with steering:
+            for k, (records, bad, resume) in enumerate(record_chunks(input_path, chunk_size, start), start=resumed):
+                if strict and bad:
+                    raise ValueError(f"bad input record (--strict): {bad[0]}")
+                ids = [str(r.id) for r in records]
+                # ids need not be unique across input files (a file without ids numbers its lines): trace and summarise
+                # by position in the chunk, then write the user's ids
+                pos = [str(j) for j in range(len(records))]
+                cols, texts = trace_rows(
+                    model,
+                    tok,
+                    [r.text for r in records],
+                    probe,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=do_sample,
+                    seed=seed + k * chunk_size,
+                    chat_template=None,
+                    include_prompt=include_prompt,
+                    batch_size=None,
+                    temperature=None,
+                    top_p=None,
+                    ids=pos,
+                    reference=reference,
+                )
+                summ = summarize(cols, pos, texts)
+                cols["prompt_id"] = [ids[int(j)] for j in cols["prompt_id"]]
+                summ.pop("prompt_id")
+                summ = {
+                    "prompt_id": ids,
+                    "source": [r.source for r in records],
+                    "line": [r.line for r in records],
+                    **summ,
+                }
+                _write(work / f"summary-{k:06d}.parquet", arrow_table(summ))
+                sha = _write(work / part_name(k), arrow_table(cols))
+                atomic_write_bytes(
+                    work / errors_name(k),
+                    "".join(
+                        json.dumps({"source": b.source, "line": b.line, "problem": b.problem}) + "\n" for b in bad
+                    ).encode(),
+                )
+                ckpt.record(k, len(records), len(bad), sha, resume, [len(records)])
+                tokens += len(cols["token_index"])
+                new += 1
+                if bar is not None:
+                    el = max(time.perf_counter() - t0, 1e-9)
+                    bar.update(len(records) + len(bad))
+                    bar.set_postfix_str(f"{tokens / el:,.0f} tokens read/s", refresh=False)
+                if max_chunks is not None and new >= max_chunks:
+                    break
+    finally:
+        if bar is not None:
+            bar.close()  # also on error, as emofast score does
     finished = max_chunks is None or new < max_chunks
     summary_out = summary_path(out)
     if finished:
