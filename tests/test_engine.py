@@ -119,6 +119,22 @@ def test_mean_and_int_positions(tok, arch, chat_template):
         )
         for i, s in enumerate(singles[:-1]):
             assert torch.allclose(got[i], s[:, pos], atol=1e-5), (pos, i)
+    for k in (3, 8, 10_000):  # mean over the last k tokens; past a text's length, over all of it
+        got = emofast.extract(
+            model, tok, TEXTS, position=f"last-{k}", chat_template=chat_template, system_prompt=sp, batch_size=3
+        )
+        for i, s in enumerate(singles):
+            assert torch.allclose(got[i], s[:, -k:].mean(dim=1), atol=1e-5), (k, i)
+
+
+def test_last_k_position_names():
+    from emofast.capture.plan import position_window, resolve_position
+
+    assert resolve_position("last-1") == "last" and resolve_position("last-8") == "last-8"
+    assert [position_window(p) for p in ("last", "last-8", "mean", -1)] == [1, 8, None, None]
+    for bad in ("last-0", "last-", "last-x", "last8", "first"):
+        with pytest.raises(ValueError, match="last-K"):
+            resolve_position(bad)
 
 
 def test_int_position_outside_a_text_is_an_error(tok):
@@ -130,7 +146,7 @@ def test_int_position_outside_a_text_is_an_error(tok):
 @pytest.mark.parametrize("arch", ["llama", "gpt_neox", "phi3"])
 def test_shared_prefix_equals_full_prompts(tok, arch):
     model = tiny.model(arch)
-    for position in ("last", "mean", 1, -2):
+    for position in ("last", "mean", 1, -2, "last-4", "last-10000"):  # the last reaches into the prefix
         a = emofast.extract(
             model,
             tok,

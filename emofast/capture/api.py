@@ -71,8 +71,9 @@ def extract(
         layers: indices as in ``output_hidden_states`` (0 = embeddings, ``i`` = block ``i``, ``L`` = the last
             entry, after the final norm); negatives count from the end; None = all ``L + 1``.
         position: ``"last"`` (last token; with ``chat_template=True``, the residual from which the first answer
-            token is produced), ``"mean"`` (mean over the text's tokens), or an int token index (negative counts
-            from the end).
+            token is produced), ``"mean"`` (mean over the text's tokens), ``"last-K"`` (mean over the last ``K``
+            tokens, all of them when the text is shorter; with a chat template these include the template's tail
+            that opens the answer), or an int token index (negative counts from the end).
         chat_template: wrap each text as the user turn of the model's chat template, with
             ``add_generation_prompt=True``, after a system turn when ``system_prompt`` is given.
         batch_size: texts per batch (default 16 on CPU, 32 on GPU).

@@ -26,6 +26,7 @@ __all__ = [
     "PassStats",
     "normalize_layers",
     "resolve_position",
+    "position_window",
     "plan_batches",
     "row_plan",
     "to_device",
@@ -80,13 +81,43 @@ def normalize_layers(layers, num_layers: int) -> list[int]:
 
 
 def resolve_position(position) -> str | int:
+    """Check a position: ``"last"``, ``"mean"``, ``"last-K"`` (mean over the last ``K`` tokens, ``K >= 1``;
+    ``"last-1"`` is ``"last"``) or an int token index.
+
+    Example:
+        >>> resolve_position("last-8"), resolve_position("last-1"), resolve_position(-2)
+        ('last-8', 'last', -2)
+    """
     if isinstance(position, str):
-        if position not in ("last", "mean"):
-            raise ValueError(f"position={position!r}: expected 'last', 'mean' or an int token index")
-        return position
+        if position in ("last", "mean"):
+            return position
+        k = position_window(position) if position.startswith("last-") else None
+        if k is None:
+            raise ValueError(
+                f"position={position!r}: expected 'last', 'mean', 'last-K' (mean over the last K tokens, K >= 1) "
+                "or an int token index"
+            )
+        return "last" if k == 1 else f"last-{k}"
     if isinstance(position, (int, np.integer)) and not isinstance(position, bool):
         return int(position)
-    raise TypeError(f"position must be 'last', 'mean' or an int, got {position!r}")
+    raise TypeError(f"position must be 'last', 'mean', 'last-K' or an int, got {position!r}")
+
+
+def position_window(position) -> int | None:
+    """How many trailing tokens a position averages: 1 for ``"last"``, ``K`` for ``"last-K"``; None for
+    ``"mean"``, an int index or anything else.
+
+    Example:
+        >>> position_window("last-8"), position_window("last"), position_window("mean")
+        (8, 1, None)
+    """
+    if position == "last":
+        return 1
+    if isinstance(position, str) and position.startswith("last-"):
+        tail = position[len("last-") :]
+        if tail.isdigit() and int(tail) >= 1:
+            return int(tail)
+    return None
 
 
 def plan_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None) -> list[np.ndarray]:
@@ -165,6 +196,15 @@ def row_plan(index, lengths, pad, prefix_len, position, device, weighted: bool =
         sources.append(("live", seg, pad[seg] + within, w[seg] if weighted else None, seg))
         if prefix_len and weighted:
             sources.append(("prefix", np.zeros_like(texts), np.full_like(texts, prefix_len), w, texts))
+    elif position_window(position) not in (None, 1):
+        # mean over the last K tokens (fewer when the text is shorter): weighted rows, some maybe in the prefix
+        count = np.minimum(n, position_window(position))
+        seg = np.repeat(texts, count)
+        j = np.repeat(n - count, count) + np.arange(len(seg)) - np.repeat(np.cumsum(count) - count, count)
+        w = (1.0 / count)[seg]
+        pre = j < prefix_len
+        sources.append(("live", seg[~pre], pad[seg[~pre]] + j[~pre] - prefix_len, w[~pre], seg[~pre]))
+        sources.append(("prefix", np.zeros(int(pre.sum()), dtype=np.int64), j[pre], w[pre], seg[pre]))
     else:
         j = n - 1 if position == "last" else (np.full_like(n, position) if position >= 0 else n + position)
         bad = np.flatnonzero((j < 0) | (j >= n))
