@@ -48,7 +48,11 @@ def _add_model_args(p, default_model: str | None = "smollm2"):
 
 
 def _add_extraction_args(p):
-    p.add_argument("--position", default="last", help="last, mean, last-K (mean over the last K tokens) or a token index (negative from the end)")
+    p.add_argument(
+        "--position",
+        default="last",
+        help="last, mean, last-K (mean over the last K tokens) or a token index (negative from the end)",
+    )
     p.add_argument("--no-chat-template", action="store_true", help="feed plain texts, not chat-templated prompts")
     p.add_argument(
         "--system-prompt",
