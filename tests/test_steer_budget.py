@@ -13,7 +13,7 @@ from test_workflow import write_pairs
 
 from emofast.data import load_pairs
 from emofast.data.prompts import calibration_prompts, instructed, steer_prompts
-from emofast.generation.calibrate import AlphaSearch, find_alpha_range, within_budget
+from emofast.generation.calibrate import AlphaSearch, damage_bounds, find_alpha_range, within_budget
 from emofast.generation.effects import boot_fraction, boot_spearman
 from emofast.generation.judges import (
     EMPATH_CATEGORIES,
@@ -61,20 +61,44 @@ def test_search_doubles_halves_and_bisects():
     assert not within_budget(float("nan"), 0.0, 1.5, None)
 
 
+def test_damage_bounds_resample_prompts():
+    """The upper bound of the perplexity ratio and the KL: a bootstrap over prompts, steered and unsteered rows of
+    the same resampled prompts; at least the point estimate; the point estimate itself at confidence 0."""
+    base_nll, n = np.array([6.0, 6.0, 6.0, 6.0]), np.array([3, 3, 3, 3])
+    same = damage_bounds(base_nll, n, np.zeros(4), base_nll, n)
+    assert same["ppl_ratio"] == pytest.approx(1.0) and same["ppl_ratio_upper"] == pytest.approx(1.0)
+    # one prompt carries all the damage: the point estimate hides how much rides on it
+    nll, kl = np.array([12.0, 6.0, 6.0, 6.0]), np.array([3.0, 0.0, 0.0, 0.0])
+    pt = damage_bounds(nll, n, kl, base_nll, n, confidence=0)
+    assert pt["ppl_ratio"] == pytest.approx(np.exp(6 / 12)) and pt["kl"] == pytest.approx(3 / 12)
+    assert pt["ppl_ratio_upper"] == pt["ppl_ratio"] and pt["kl_upper"] == pt["kl"]
+    b90 = damage_bounds(nll, n, kl, base_nll, n, confidence=0.9)
+    b99 = damage_bounds(nll, n, kl, base_nll, n, confidence=0.99)
+    assert pt["ppl_ratio"] < b90["ppl_ratio_upper"] <= b99["ppl_ratio_upper"] <= np.exp(6 / 3) + 1e-9
+    assert pt["kl"] < b90["kl_upper"] <= 1.0 + 1e-9
+    # the same spread over four times the prompts: a tighter bound around the same estimate
+    b4 = damage_bounds(np.tile(nll, 4), np.tile(n, 4), np.tile(kl, 4), np.tile(base_nll, 4), np.tile(n, 4))
+    assert b4["ppl_ratio"] == pytest.approx(pt["ppl_ratio"]) and b4["ppl_ratio_upper"] < b90["ppl_ratio_upper"]
+    # rows without a token are left out; none at all: NaN, which is never within the budget
+    nan = damage_bounds([np.nan, 12.0], [0, 3], [np.nan, 3.0], [6.0, 6.0], [3, 3])
+    assert nan["ppl_ratio"] == pytest.approx(np.exp(12 / 3 - 12 / 6)) and nan["kl"] == pytest.approx(1.0)
+    assert np.isnan(damage_bounds([np.nan], [0], [np.nan], [6.0], [3])["ppl_ratio_upper"])
+    with pytest.raises(ValueError, match="confidence"):
+        damage_bounds(nll, n, kl, base_nll, n, confidence=1.5)
+    with pytest.raises(ValueError, match="one per prompt"):
+        damage_bounds(nll, n, kl, base_nll[:3], n[:3])
+
+
 def test_find_alpha_range_keeps_the_curve_within_budget(fitted):
     model, tok, data, probe = fitted
     name = "angry_vs_calm"
     vecs = steering_vectors(model, tok, probe, data, pairs=[name])
-    res = find_alpha_range(
-        model,
-        tok,
-        [t for _, t in calibration_prompts(2)],
-        {name: (name, vecs)},
-        max_ppl_ratio=1.05,
-        max_new_tokens=4,
-        max_alpha=64.0,
-    )
+    prompts = [t for _, t in calibration_prompts(4)]
+    kw = {"max_ppl_ratio": 1.05, "max_new_tokens": 4, "max_alpha": 64.0}
+    res = find_alpha_range(model, tok, prompts, {name: (name, vecs)}, **kw)  # default: the 0.9 upper bound
+    point = find_alpha_range(model, tok, prompts, {name: (name, vecs)}, confidence=0, **kw)
     assert res["baseline"]["ppl"] > 1
+    assert res["settings"]["confidence"] == 0.9 and point["settings"]["decided_on"] == "point estimate"
     for sign in ("+", "-"):
         r = res[name][sign]
         curve = r["curve"]
@@ -82,8 +106,14 @@ def test_find_alpha_range_keeps_the_curve_within_budget(fitted):
         # the chosen alpha is the largest within budget tried, and it was tried
         ok = [abs(c["alpha"]) for c in curve if c["within"]]
         assert r["alpha"] == (max(ok) if ok else 0.0)
-        assert all(c["ppl_ratio"] <= 1.05 for c in curve if c["within"])
+        # the search decides on the upper bound, which is never below the point estimate
+        assert all(c["ppl_ratio_upper"] >= c["ppl_ratio"] and c["kl_upper"] >= c["kl"] for c in curve)
+        assert all(c["within"] == (c["ppl_ratio_upper"] <= 1.05) for c in curve)
+        assert all(c["within_point"] == (c["ppl_ratio"] <= 1.05) for c in curve)
         assert all(c["kl"] >= 0 for c in curve)
+        # the margin only makes the chosen strength smaller (greedy: the same alpha gives the same texts)
+        assert r["alpha"] <= point[name][sign]["alpha"]
+        assert all(c["ppl_ratio_upper"] == c["ppl_ratio"] for c in point[name][sign]["curve"])
     big = [c for c in res[name]["+"]["curve"] if abs(c["alpha"]) >= 16]
     assert not big or max(c["kl"] for c in big) > min(c["kl"] for c in res[name]["+"]["curve"])
 
@@ -110,6 +140,8 @@ def test_steer_check_by_default_calibrates_every_pair(fitted, tmp_path):
     assert res["alphas"] == "calibrated" and set(res["verdict"]) == set(probe.names)
     cal = json.loads((tmp_path / "sc" / "calibration.json").read_text())
     assert set(cal["prompt_ids"]).isdisjoint(res["prompt_ids"])  # calibration and evaluation prompts disjoint
+    assert cal["settings"]["confidence"] == 0.9  # the margin by default; the curve keeps both numbers
+    assert all("ppl_ratio_upper" in c and "ppl_ratio" in c for c in cal[probe.names[0]]["+"]["curve"])
     for arm, v in res["verdict"].items():
         lo, hi = v["alpha_range"]
         assert hi == pytest.approx(cal[arm]["+"]["alpha"], abs=1e-3) and lo == pytest.approx(
@@ -191,7 +223,22 @@ def test_judges_interface_signs_and_empath_mapping(monkeypatch):
         get_judge("nli")
 
 
+def test_budget_confidence_option(capsys):
+    """``--budget-confidence``: a level in [0, 1) or 'point'; anything else stops at the command line."""
+    from emofast.cli import main
+
+    for bad in ("1.2", "high"):
+        with pytest.raises(SystemExit):
+            main(["steer-check", "--probe", "nowhere", "--budget-confidence", bad])
+        assert "--budget-confidence" in capsys.readouterr().err
+    assert main(["steer-check", "--probe", "nowhere", "--budget-confidence", "point"]) == 2  # parsed; no run there
+    assert "nowhere" in capsys.readouterr().err
+
+
 def test_prompts_split_and_instructions():
+    # the defaults: 20 evaluation and 12 calibration prompts, disjoint
+    assert {i for i, _ in calibration_prompts(n_eval=20)}.isdisjoint({i for i, _ in steer_prompts(20)})
+    assert len(calibration_prompts(n_eval=20)) == 12
     cal = calibration_prompts(8, n_eval=32)
     assert {i for i, _ in cal}.isdisjoint({i for i, _ in steer_prompts(32)})
     with pytest.raises(ValueError, match="overlap"):

@@ -3,6 +3,7 @@ them in)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -73,7 +74,13 @@ def add_parsers(sub, add_model_args) -> None:
     )
     c.add_argument("--grid", type=int, default=2, help="evaluated alphas per side inside the chosen range (2)")
     c.add_argument("--prompts", type=int, default=20, help="bundled neutral evaluation prompts (the first N; 20)")
-    c.add_argument("--calibration-prompts", type=int, default=6, help="calibration prompts (the last N bundled; 6)")
+    c.add_argument("--calibration-prompts", type=int, default=12, help="calibration prompts (the last N bundled; 12)")
+    c.add_argument(
+        "--budget-confidence",
+        type=_confidence,
+        default=0.9,
+        help="check the budget on this one-sided upper bound over calibration prompts (0.9; 0 or 'point': estimate)",
+    )
     c.add_argument("--judges", default="vader,empath", help="comma-separated judges (empath: optional package)")
     c.add_argument("--no-prompting", action="store_true", help="skip the prompting baseline")
     c.add_argument("--no-probe-reading", action="store_true", help="skip the probe's reading of the texts")
@@ -92,6 +99,19 @@ def add_parsers(sub, add_model_args) -> None:
     c.add_argument(
         "--out", default=None, help="folder (default RUN/steer-check[-<pair>]; the run report gains a section)"
     )
+
+
+def _confidence(text: str) -> float:
+    """``--budget-confidence``: a level in [0, 1), or ``point`` (= 0, the point estimate)."""
+    if text.strip().lower() == "point":
+        return 0.0
+    try:
+        level = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a level such as 0.9, or 'point'") from None
+    if not 0 <= level < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a level in [0, 1), or 'point'")
+    return level
 
 
 def _prompts(args) -> tuple[list[str], list[str]]:
@@ -243,6 +263,7 @@ def cmd_steer_check(args, load) -> int:
         grid=args.grid,
         n_prompts=args.prompts,
         n_calibration=args.calibration_prompts,
+        budget_confidence=args.budget_confidence,
         judges=[j.strip() for j in args.judges.split(",") if j.strip()],
         prompting=not args.no_prompting,
         layers=args.layers,

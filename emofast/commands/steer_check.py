@@ -5,9 +5,10 @@ that compare with simply asking for the tone?
 1. **Strength under a damage budget** (default): on calibration prompts (the last bundled ones, disjoint from the
    evaluation prompts), for each pair and direction, the largest |alpha| whose perplexity under the unsteered model
    stays within ``max_ppl_ratio`` of the unsteered texts' (and, if given, whose mean KL from the unsteered
-   next-token distributions stays within ``max_kl``) (:func:`emofast.generation.calibrate.find_alpha_range`).
-   Then ``grid`` evenly spaced alphas on each side inside that range (and 0) are evaluated. Fixed ``alphas`` skip
-   the search.
+   next-token distributions stays within ``max_kl``) (:func:`emofast.generation.calibrate.find_alpha_range`),
+   judged on a one-sided ``budget_confidence`` upper bound over the calibration prompts (a margin against their
+   noise; 0: the point estimate). Then ``grid`` evenly spaced alphas on each side inside that range (and 0) are
+   evaluated. Fixed ``alphas`` skip the search.
 2. **Every condition of a prompt in one batch** (per-row steering, :func:`emofast.generation.generate_rows`): the
    unsteered row, each pair's alphas, the same alphas along a random direction of the same layers and scale (the
    control), and the prompting baseline (the prompt with "Answer in a <left/right> tone.").
@@ -86,7 +87,8 @@ def steer_check(
     max_kl: float | None = None,
     grid: int = 2,
     n_prompts: int = 20,
-    n_calibration: int = 6,
+    n_calibration: int = 12,
+    budget_confidence: float = 0.9,
     judges=("vader", "empath"),
     prompting: bool = True,
     layers: str = "probe",
@@ -108,6 +110,8 @@ def steer_check(
         pair: a pair name, a list of them, or ``None``/``"all"`` (every pair of the probe).
         alphas: fixed alphas (no calibration); default None: chosen under the damage budget.
         max_ppl_ratio, max_kl: the damage budget (KL: reported always, a budget only when given).
+        budget_confidence: calibration checks the budget on this one-sided upper bound of the perplexity ratio
+            (and KL), bootstrapped over the calibration prompts; 0: on the point estimates.
         grid: evaluated alphas per side inside the chosen range (and 0).
         n_prompts, n_calibration: evaluation prompts (the first bundled ones) and calibration prompts (the last).
         judges: judge names (:func:`emofast.generation.judges.judge_names`); a missing optional one is skipped
@@ -185,6 +189,7 @@ def steer_check(
             {arm: (pair_of[arm], arms[arm]) for arm in arms},
             max_ppl_ratio=max_ppl_ratio,
             max_kl=max_kl,
+            confidence=budget_confidence,
             progress=say,
             **gen,
         )

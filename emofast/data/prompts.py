@@ -27,7 +27,7 @@ def steer_prompts(n: int | None = None) -> list[tuple[str, str]]:
     return rows
 
 
-def calibration_prompts(n: int = 8, n_eval: int = 0) -> list[tuple[str, str]]:
+def calibration_prompts(n: int = 12, n_eval: int = 0) -> list[tuple[str, str]]:
     """The *last* ``n`` bundled prompts, for calibrating steering strength; disjoint from the first ``n_eval``
     (:func:`steer_prompts`), which evaluate it (an overlap is an error).
 

@@ -9,6 +9,13 @@ model, for the steered texts (:func:`emofast.generation.damage.generate_rows`):
 - the mean KL divergence of the steered next-token distributions from the unsteered ones, per generated token
   (reported always; a budget only when ``max_kl`` is given).
 
+A handful of calibration prompts estimate these with noise, and a search that takes the largest alpha within the
+budget lands on the boundary where the noise is largest. So "within the budget" is decided on a one-sided upper
+confidence bound (``confidence``, default 0.9; 0: the point estimate, as before) from a bootstrap over the
+calibration prompts (:func:`damage_bounds`: resample prompts, recompute the pooled ratio of the steered texts of
+those prompts to the unsteered texts of the same prompts, take the ``confidence`` quantile; never below the point
+estimate).
+
 Search (all arms and both directions in the same batches, one batch per round): start at ``start`` (1.0); double
 while within budget (up to ``max_alpha``), halve while not (down to ``min_alpha``: below it the direction is
 reported as not steerable within the budget, alpha 0); then ``bisect`` bisection steps between the last alpha
@@ -26,9 +33,69 @@ from __future__ import annotations
 import math
 import time
 
+import numpy as np
+
 from .damage import generate_rows, mean_kl, pooled_ppl
 
-__all__ = ["find_alpha_range", "within_budget", "AlphaSearch"]
+__all__ = ["find_alpha_range", "within_budget", "damage_bounds", "AlphaSearch", "DEFAULT_CONFIDENCE"]
+
+#: One-sided level of the upper bound the budget is checked on (0: the point estimate).
+DEFAULT_CONFIDENCE = 0.9
+
+
+def _pooled(x, n, idx) -> np.ndarray:
+    """``sum x[idx] / sum n[idx]`` per bootstrap row of ``idx [B, m]`` (rows without tokens count as 0)."""
+    return x[idx].sum(axis=1) / n[idx].sum(axis=1)
+
+
+def damage_bounds(
+    nll, n_tokens, kl, base_nll, base_n_tokens, *, confidence: float = DEFAULT_CONFIDENCE, n_boot: int = 1000, rng=None
+) -> dict:
+    """The perplexity ratio and mean KL of steered rows against the unsteered rows of the same prompts, with
+    one-sided upper bounds from a bootstrap over prompts.
+
+    Args:
+        nll, n_tokens, kl: ``[n]`` the steered rows (row ``i``: prompt ``i``; summed over its generated tokens,
+            as :func:`~emofast.generation.damage.generate_rows` returns them).
+        base_nll, base_n_tokens: ``[n]`` the unsteered rows of the same prompts, in the same order.
+        confidence: one-sided level of the upper bounds (the ``confidence`` quantile of the bootstrap values, at
+            least the point estimate); 0: the bounds are the point estimates.
+        n_boot: bootstrap resamples of the ``n`` prompts; rng: a ``numpy.random.Generator`` (default: seed 0).
+
+    Returns:
+        ``{"ppl_ratio", "ppl_ratio_upper", "kl", "kl_upper"}`` (NaN where no row has a token; a resample whose
+        rows have no token is left out).
+
+    Example:
+        >>> b = damage_bounds([9.0, 1.0], [3, 3], [0.3, 0.3], [3.0, 3.0], [3, 3], confidence=0.9)
+        >>> round(b["ppl_ratio"], 3), b["ppl_ratio_upper"] > b["ppl_ratio"]
+        (1.948, True)
+    """
+    if not 0 <= confidence < 1:
+        raise ValueError(f"confidence={confidence}: expected a level in [0, 1) (0: the point estimate)")
+    arrs = [np.asarray(a, dtype=float) for a in (nll, n_tokens, kl, base_nll, base_n_tokens)]
+    if len({len(a) for a in arrs}) != 1:
+        raise ValueError(f"damage_bounds: rows of different lengths {[len(a) for a in arrs]}; give one per prompt")
+    nll, n, kl, bnll, bn = arrs
+    ok, bok = (n > 0) & np.isfinite(nll), (bn > 0) & np.isfinite(bnll)
+    nll, n, bnll, bn = np.where(ok, nll, 0.0), np.where(ok, n, 0.0), np.where(bok, bnll, 0.0), np.where(bok, bn, 0.0)
+    kok = (n > 0) & np.isfinite(kl)
+    kl, kn = np.where(kok, kl, 0.0), np.where(kok, n, 0.0)
+    base = pooled_ppl(bnll, bn)
+    ratio = pooled_ppl(nll, n) / base if base > 0 else math.nan
+    out = {"ppl_ratio": ratio, "ppl_ratio_upper": ratio, "kl": mean_kl(kl, kn), "kl_upper": mean_kl(kl, kn)}
+    if confidence == 0 or len(n) == 0:
+        return out
+    rng = np.random.default_rng(0) if rng is None else rng
+    idx = rng.integers(0, len(n), size=(n_boot, len(n)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.exp(_pooled(nll, n, idx) - _pooled(bnll, bn, idx))
+        k = _pooled(kl, kn, idx)
+    for key, boots in (("ppl_ratio", r), ("kl", k)):
+        boots = boots[np.isfinite(boots)]
+        if boots.size and math.isfinite(out[key]):
+            out[f"{key}_upper"] = max(out[key], float(np.quantile(boots, confidence)))
+    return out
 
 
 def within_budget(ppl_ratio: float, kl: float, max_ppl_ratio: float, max_kl: float | None) -> bool:
@@ -82,6 +149,8 @@ def find_alpha_range(
     min_alpha: float = 0.125,
     max_alpha: float = 16.0,
     bisect: int = 2,
+    confidence: float = DEFAULT_CONFIDENCE,
+    n_boot: int = 1000,
     progress=None,
     **gen,
 ) -> dict:
@@ -93,14 +162,20 @@ def find_alpha_range(
             (``{pair: {layer: (d, sigma)}}``).
         gen: generation settings for :func:`~emofast.generation.damage.generate_rows` (system prompt, chat template,
             max_new_tokens, do_sample, seed, batch_size, temperature, top_p).
+        confidence, n_boot: the budget is checked on the one-sided ``confidence`` upper bounds of the perplexity
+            ratio and the KL (:func:`damage_bounds`, ``n_boot`` resamples of the prompts); 0: on the point estimates.
         progress: ``callable(str)`` told about each round, or None.
 
     Returns:
         ``{"baseline": {"ppl", "kl"}, arm_name: {"+": {"alpha", "curve"}, "-": {...}}}``; ``alpha`` is the chosen
         |alpha| (0: not steerable within the budget), ``curve`` a list of ``{"alpha" (signed), "ppl",
-        "ppl_ratio", "kl", "within"}`` sorted by |alpha|.
+        "ppl_ratio", "ppl_ratio_upper", "kl", "kl_upper", "within" (the bounds within the budget: what the search
+        used), "within_point" (the point estimates within it)}`` sorted by |alpha|.
     """
+    if not 0 <= confidence < 1:
+        raise ValueError(f"confidence={confidence}: expected a level in [0, 1) (0: the point estimate)")
     t0 = time.perf_counter()
+    rng = np.random.default_rng(0)
     n = len(prompts)
     base = generate_rows(model, tok, prompts, [{}] * n, {}, **gen)
     base_ppl = pooled_ppl(base["nll"], base["n_tokens"])
@@ -127,11 +202,27 @@ def find_alpha_range(
             sl = slice(j * n, (j + 1) * n)
             alpha = searches[key].next
             ppl = pooled_ppl(out["nll"][sl], out["n_tokens"][sl])
-            kl = mean_kl(out["kl"][sl], out["n_tokens"][sl])
-            ratio = ppl / base_ppl if base_ppl > 0 else math.nan
-            ok = within_budget(ratio, kl, max_ppl_ratio, max_kl)
+            b = damage_bounds(
+                out["nll"][sl],
+                out["n_tokens"][sl],
+                out["kl"][sl],
+                base["nll"],
+                base["n_tokens"],
+                confidence=confidence,
+                n_boot=n_boot,
+                rng=rng,
+            )
+            ok = within_budget(b["ppl_ratio_upper"], b["kl_upper"], max_ppl_ratio, max_kl)
             signed = alpha if key[1] == "+" else -alpha
-            curves[key].append({"alpha": signed, "ppl": ppl, "ppl_ratio": ratio, "kl": kl, "within": ok})
+            curves[key].append(
+                {
+                    "alpha": signed,
+                    "ppl": ppl,
+                    **b,
+                    "within": ok,
+                    "within_point": within_budget(b["ppl_ratio"], b["kl"], max_ppl_ratio, max_kl),
+                }
+            )
             searches[key].update(alpha, ok)
         if progress:
             progress(f"calibration round {rnd}: {len(active)} arm-directions, {time.perf_counter() - t0:.0f} s")
@@ -151,6 +242,9 @@ def find_alpha_range(
         "min_alpha": min_alpha,
         "max_alpha": max_alpha,
         "bisect": bisect,
+        "confidence": confidence,
+        "n_boot": n_boot if confidence else 0,
+        "decided_on": "upper bound" if confidence else "point estimate",
         "rounds": rnd,
         "seconds": round(time.perf_counter() - t0, 1),
     }
