@@ -24,6 +24,7 @@ from emofast.generation.judges import (
     load_judges,
 )
 from emofast.generation.steer import steering_vectors
+from emofast.generation.verdict import STATUSES, status_of, summarise, write_tables
 from emofast.probe import PairedProbe
 
 PAIRS = [("sad", "happy"), ("angry", "calm"), ("fear", "confidence"), ("love", "hate"), ("anxious", "relaxed")]
@@ -150,6 +151,7 @@ def test_steer_check_by_default_calibrates_every_pair(fitted, tmp_path):
         alphas = sorted({s["alpha"] for s in res["summary"] if s["arm"] == arm and s["direction"] == "probe"})
         assert alphas[0] >= lo - 1e-9 and alphas[-1] <= hi + 1e-9 and 0.0 in alphas
         assert v["steerable_within_budget"] == (hi > 0 or lo < 0)
+        assert v["status"] in STATUSES and v["status_judge"] == "vader" and v["verdict_text"].startswith(arm)
     assert res["judges_skipped"] == {}
     png = (tmp_path / "sc" / "dose_response.png").read_bytes()
     assert png[:4] == b"\x89PNG"
@@ -165,6 +167,7 @@ def test_steer_check_by_default_calibrates_every_pair(fitted, tmp_path):
     section_steering(doc, steer_checks(tmp_path))
     md = doc.markdown()
     assert all(f"| {name} |" in md for name in probe.names) and "rho vader" in md and "steer-check-old" in md
+    assert "| status |" in md and "Verdicts (status on vader" in md and "90% upper bound" in md
     assert doc.figures
 
 
@@ -290,7 +293,95 @@ def test_a_pair_that_cannot_be_steered_within_budget_is_reported(fitted, tmp_pat
     )
     v = res["verdict"]["sad_vs_happy"]
     assert v["steerable_within_budget"] is False and v["alpha_range"] == [0.0, 0.0]
+    assert v["status"] == "not steerable within the budget" and v["verdict_text"].startswith("sad_vs_happy: not st")
     assert np.isnan(v["judges"]["vader"]["rho"]) and not v["judges"]["vader"]["meets"]
     doc = Doc("t")
     section_steering(doc, [{**res, "folder": "sc"}])
     assert "**Not steerable within the budget**" in doc.markdown() and "sad_vs_happy" in doc.markdown()
+
+
+def _rows(rng, n=12, damage=(0.05, 0.7), judge_slope=-0.3):
+    """Synthetic check rows for one arm: unsteered, the pair's direction at -1 and +1 (log-perplexity up by
+    ``damage``), the random direction at -1 and +1 (no damage); the judge moves with the pair's direction only."""
+    rows = []
+    for p in range(n):
+        for direction, alpha in (("none", 0.0), ("probe", -1.0), ("probe", 1.0), ("random", -1.0), ("random", 1.0)):
+            extra = {-1.0: damage[0], 1.0: damage[1]}[alpha] if direction == "probe" else 0.0
+            score = (judge_slope * alpha if direction == "probe" else 0.0) + rng.normal(0, 0.1)
+            rows.append(
+                {
+                    "arm": "a",
+                    "pair": "sad_vs_happy",
+                    "direction": direction,
+                    "alpha": alpha,
+                    "instructed": None,
+                    "prompt_id": f"p{p}",
+                    "vader": score,
+                    "probe_p_left": 0.5,
+                    "n_tokens": 10,
+                    "nll": 10 * (1.0 + extra),
+                    "kl": 10 * 0.1 * abs(alpha),  # summed over the 10 tokens
+                    "empty": 0.0,
+                }
+            )
+    return rows
+
+
+def test_evaluated_alphas_over_budget_are_flagged_and_named(tmp_path):
+    """The budget checked again on the evaluation prompts: +1 costs exp(0.7) = 2.01x, flagged in the table and
+    named in the verdict; -1 (1.05x) and the random direction are within it; the status comes from the judge."""
+    rng = np.random.default_rng(0)
+    kw = dict(
+        arms=["a"],
+        pair_of={"a": "sad_vs_happy"},
+        grids={"a": [-1.0, 0.0, 1.0]},
+        judges={"vader": {"a": -1}},
+        max_ppl_ratio=1.5,
+        max_kl=None,
+        n_boot=200,
+        seed=0,
+    )
+    cal = {"a": {"+": {"alpha": 1.0}, "-": {"alpha": 1.0}}}
+    res = summarise(_rows(rng), calibration=cal, **kw)
+    flags = {(s["direction"], s["alpha"]): s["over_budget"] for s in res["summary"]}
+    assert flags == {
+        ("probe", -1.0): False,
+        ("probe", 0.0): False,
+        ("probe", 1.0): True,
+        ("random", -1.0): False,
+        ("random", 0.0): False,
+        ("random", 1.0): False,
+    }
+    v = res["verdict"]["a"]
+    assert [o["alpha"] for o in v["over_budget_alphas"]] == [1.0] and not v["evaluated_within_budget"]
+    assert v["over_budget_alphas"][0]["ppl_ratio"] == pytest.approx(np.exp(0.7))
+    assert (
+        v["status"] == "steers"
+        and "over the 1.5x budget" in v["verdict_text"]
+        and "alpha +1 (2.01x)" in v["verdict_text"]
+    )
+    write_tables(tmp_path, res)
+    head = (tmp_path / "summary.csv").read_text().splitlines()[0].split(",")
+    assert "over_budget" in head
+    # a KL budget flags too (0.1 per token at |alpha| 1 > 0.05), the random direction included
+    res = summarise(_rows(rng), calibration=cal, **{**kw, "max_kl": 0.05})
+    assert all(s["over_budget"] == (s["alpha"] != 0) for s in res["summary"])
+    # a weak judge: below the bar; no movement: not shown; within the budget everywhere: nothing named
+    weak = _rows(np.random.default_rng(2), n=80, damage=(0, 0), judge_slope=-0.03)  # rho -0.19 [-0.29, -0.08]
+    res = summarise(weak, calibration=cal, **kw)
+    v = res["verdict"]["a"]
+    assert v["status"] == "moves, below the bar" and v["over_budget_alphas"] == [] and "budget" not in v["verdict_text"]
+    res = summarise(_rows(rng, judge_slope=0.0), calibration=None, **kw)
+    assert res["verdict"]["a"]["status"] == "not shown"
+
+
+def test_status_of_each_case():
+    jv = {"expected_sign": -1, "rho": -0.45, "lo": -0.6, "hi": -0.3, "meets": True, "random_includes_zero": True}
+    assert status_of(jv, True) == "steers" and status_of(jv, None) == "steers"
+    assert status_of({**jv, "random_includes_zero": False}, True) == "not shown"  # the random push moves it too
+    assert status_of({**jv, "rho": -0.2, "lo": -0.3, "hi": -0.1, "meets": False}, True) == "moves, below the bar"
+    assert status_of({**jv, "rho": -0.2, "lo": -0.4, "hi": 0.1, "meets": False}, True) == "not shown"
+    assert status_of({**jv, "rho": 0.4, "lo": 0.2, "hi": 0.5, "meets": False}, True) == "not shown"  # wrong sign
+    assert status_of({**jv, "expected_sign": None, "meets": False}, True) == "not shown"
+    assert status_of({**jv, "rho": float("nan"), "meets": False}, True) == "not shown"
+    assert status_of(jv, False) == "not steerable within the budget"

@@ -291,6 +291,7 @@ def cmd_steer_check(args, load) -> int:
                 f"{'met' if jv['meets'] else 'not met'}); random {jv['random_rho']:+.3f} "
                 f"[{jv['random_lo']:+.3f}, {jv['random_hi']:+.3f}]{frac}"
             )
+        print(f"  => {v['verdict_text']}")
     for name, why in res["judges_skipped"].items():
         print(f"judge {name} skipped: {why}")
     print(f"{res['seconds']} s; wrote {out}")

@@ -10,6 +10,19 @@ alpha and each measure (the unsteered rows count as alpha 0 of both the pair's a
 steering's effect as a fraction of prompting's; and the verdict: the expected sign of each judge, whether it is met
 with |rho| >= :data:`MIN_RHO`, whether the random direction's interval includes 0, and whether the evaluated range
 stayed within the damage budget.
+
+The budget is checked again on the evaluation prompts: every steered condition (the pair's direction and the random
+one) whose perplexity ratio (or, with a KL budget, mean KL) exceeds it is flagged (``over_budget`` in the summary
+table), and the pair's over-budget alphas are named in its verdict. Each arm gets one status
+(:data:`STATUSES`, judged on :data:`STATUS_JUDGE`, else the first judge):
+
+- ``"not steerable within the budget"``: calibration found no alpha within the budget on either side;
+- ``"steers"``: the judge meets the bar (expected sign, |rho| >= :data:`MIN_RHO`, interval excluding 0) and the
+  random direction's interval includes 0;
+- ``"moves, below the bar"``: expected sign and an interval excluding 0, the random direction's including 0, but
+  |rho| < :data:`MIN_RHO`;
+- ``"not shown"``: anything else (the interval includes 0, the wrong sign, no expected sign, or the random
+  direction moves the judge too).
 """
 
 from __future__ import annotations
@@ -20,13 +33,63 @@ from pathlib import Path
 
 import numpy as np
 
+from .calibrate import within_budget
 from .damage import mean_kl, pooled_ppl
 from .effects import boot_fraction, boot_mean, boot_spearman
 
-__all__ = ["summarise", "write_tables", "MIN_RHO"]
+__all__ = ["summarise", "write_tables", "status_of", "MIN_RHO", "STATUSES", "STATUS_JUDGE"]
 
 #: |rho(alpha, judge)| a check needs to call a pair steered (the issue's bar).
 MIN_RHO = 0.3
+
+#: The per-arm statuses, strongest first.
+STATUSES = ("steers", "moves, below the bar", "not shown", "not steerable within the budget")
+
+#: The judge the status is decided on when the check has it (else the first judge).
+STATUS_JUDGE = "vader"
+
+
+def status_of(jv: dict, steerable: bool | None) -> str:
+    """One arm's status (:data:`STATUSES`) from its judge verdict ``jv`` (``expected_sign``, ``rho``, ``lo``,
+    ``hi``, ``meets``, ``random_includes_zero``) and whether calibration found any alpha within the budget
+    (None: fixed alphas).
+
+    Example:
+        >>> jv = {"expected_sign": -1, "rho": -0.2, "lo": -0.3, "hi": -0.1, "meets": False,
+        ...       "random_includes_zero": True}
+        >>> status_of(jv, True), status_of(jv, False)
+        ('moves, below the bar', 'not steerable within the budget')
+    """
+    if steerable is False:
+        return STATUSES[3]
+    if not jv["random_includes_zero"] or jv["expected_sign"] is None or not np.isfinite(jv["rho"]):
+        return STATUSES[2]
+    if jv["meets"]:
+        return STATUSES[0]
+    if np.sign(jv["rho"]) == jv["expected_sign"] and jv["lo"] * jv["hi"] > 0:
+        return STATUSES[1]
+    return STATUSES[2]
+
+
+def _verdict_text(arm: str, v: dict, judge: str | None, budget: float) -> str:
+    """One line: the status, the judge's rho and the random direction's, and the alphas over the budget."""
+    text = f"{arm}: {v['status']}"
+    if judge is not None and v["steerable_within_budget"] is not False:
+        jv = v["judges"][judge]
+        sign = {1: "+", -1: "-", None: "?"}[jv["expected_sign"]]
+        if np.isfinite(jv["rho"]):
+            text += (
+                f" ({judge} rho {jv['rho']:+.2f} [{jv['lo']:+.2f}, {jv['hi']:+.2f}], expected {sign}; random "
+                f"{jv['random_rho']:+.2f} [{jv['random_lo']:+.2f}, {jv['random_hi']:+.2f}])"
+            )
+        else:
+            text += f" ({judge} rho n/a)"
+    over = v["over_budget_alphas"]
+    if over:
+        text += f"; over the {budget}x budget on the evaluation prompts at " + ", ".join(
+            f"alpha {o['alpha']:+.3g} ({o['ppl_ratio']:.2f}x)" for o in over
+        )
+    return text
 
 
 def _select(rows, arm, direction, alpha=None, side=None):
@@ -78,6 +141,12 @@ def summarise(rows, *, arms, pair_of, grids, judges, calibration, max_ppl_ratio,
                 "kl": mean_kl([r["kl"] for r in sel], [r["n_tokens"] for r in sel]),
                 "empty": float(np.mean([r["empty"] for r in sel])) if sel else math.nan,
             }
+            # the budget checked again on these prompts (steered rows only; the unsteered row is the reference)
+            row["over_budget"] = (
+                None
+                if direction == "prompt"
+                else bool(alpha != 0.0 and not within_budget(row["ppl_ratio"], row["kl"], max_ppl_ratio, max_kl))
+            )
             for m in [*judges, "probe_p_left"]:
                 row[f"{m}_mean"], row[f"{m}_lo"], row[f"{m}_hi"] = boot_mean([r[m] for r in sel], rng, n_boot)
             summary.append(row)
@@ -131,6 +200,11 @@ def summarise(rows, *, arms, pair_of, grids, judges, calibration, max_ppl_ratio,
         v["evaluated_within_budget"] = bool(v["max_ppl_ratio_evaluated"] <= max_ppl_ratio) and (
             max_kl is None or v["max_kl_evaluated"] <= max_kl
         )
+        v["over_budget_alphas"] = [
+            {"alpha": s["alpha"], "ppl_ratio": s["ppl_ratio"], "kl": s["kl"]}
+            for s in summary
+            if s["arm"] == arm and s["direction"] == "probe" and s["over_budget"]
+        ]
         for j, signs in judges.items():
             rho, lo, hi = rho_of[("probe", j)]
             rr, rlo, rhi = rho_of[("random", j)]
@@ -148,6 +222,10 @@ def summarise(rows, *, arms, pair_of, grids, judges, calibration, max_ppl_ratio,
                 "random_hi": rhi,
                 "random_includes_zero": bool(not (rlo * rhi > 0)) if np.isfinite(rr) else True,
             }
+        judge = STATUS_JUDGE if STATUS_JUDGE in judges else next(iter(judges), None)
+        v["status_judge"] = judge
+        v["status"] = status_of(v["judges"][judge], v["steerable_within_budget"]) if judge else STATUSES[2]
+        v["verdict_text"] = _verdict_text(arm, v, judge, max_ppl_ratio)
         verdict[arm] = v
     return {
         "summary": summary,

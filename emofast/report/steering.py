@@ -262,11 +262,17 @@ def _cell(v: dict, key: str = "") -> str:
 
 def _section_v2(doc, c: dict) -> None:
     b = c["budget"]
+    level = ((c.get("calibration") or {}).get("settings") or {}).get("confidence", 0)
     how = (
         f"strength chosen per pair and direction on {len(c['calibration_prompt_ids'])} calibration prompts as the "
         f"largest |alpha| whose perplexity under the unsteered model stays within {b['max_ppl_ratio']}x that of "
         "the unsteered texts"
         + (f" and whose mean KL stays within {b['max_kl']}" if b.get("max_kl") is not None else "")
+        + (
+            f", judged on the one-sided {level:.0%} upper bound bootstrapped over those prompts"
+            if level
+            else ", judged on the point estimate"
+        )
         + " (doubling, then bisection); the evaluated alphas lie evenly inside that range"
         if c["alphas"] == "calibrated"
         else f"fixed alphas {c['alphas']}"
@@ -296,12 +302,25 @@ def _section_v2(doc, c: dict) -> None:
                 else "n/a"
             )
         row.append(f"{v['max_ppl_ratio_evaluated']:.2f} / {v['max_kl_evaluated']:.3f}")
+        if "status" in v:
+            row.append(f"{v['status']}{' (over budget)' if v['over_budget_alphas'] else ''}")
         rows.append(row)
     head = ["arm", "alpha range"]
     for j in judges:
         head += [f"rho {j} (expected sign)", f"rho {j}, random", f"{j}: steering / prompting"]
     head.append("max ppl ratio / KL")
+    if rows and len(rows[0]) > len(head):
+        head.append("status")
     doc.table(head, rows)
+    texts = [v["verdict_text"] for v in c["verdict"].values() if "verdict_text" in v]
+    if texts:
+        doc.p(
+            "Verdicts (status on "
+            + str(next(iter(c["verdict"].values())).get("status_judge"))
+            + "; a condition whose perplexity ratio on the evaluation prompts exceeds the budget is named): "
+            + "; ".join(texts)
+            + "."
+        )
     cannot = [arm for arm, v in c["verdict"].items() if v["steerable_within_budget"] is False]
     if cannot:
         doc.p(
