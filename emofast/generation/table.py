@@ -4,10 +4,12 @@ The Hugging Face path (:func:`emofast.generation.trace.trace`, hooks on ``model.
 (:func:`emofast.backends.vllm_generate.generate`) both end with, per prompt, its token ids, the generated ids and
 the projections and norms of every position read; :class:`TraceTable` turns them into the same columns
 (``prompt_id``, ``token_index``, ``token``, ``is_generated``, the probe's columns, then ``is_sink``,
-``calibrated`` and the ``tz_`` columns of :func:`~emofast.generation.readings.finish_columns`).
+``calibrated`` and the ``tz_`` columns of :func:`~emofast.generation.readings.finish_columns`). Each reading is
+taken over the probe's trailing window (:func:`~emofast.generation.readings.window_readings`: one token for a
+probe fitted at ``"last"``, the mean of the last ``K`` for ``"last-K"``), here, for both backends.
 
 Example:
-    >>> t = TraceTable(tok, probe, probe.scoring_layers(), include_prompt=True, at_last=True)   # doctest: +SKIP
+    >>> t = TraceTable(tok, probe, probe.scoring_layers(), include_prompt=True, window=1)       # doctest: +SKIP
     >>> t.add("0", [1, 5, 9], [7, 8], proj, norms)   # proj [5, nL, K], norms [5, nL]            # doctest: +SKIP
     >>> cols = t.finish(reference=None)                                                        # doctest: +SKIP
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .readings import finish_columns, sink_positions
+from .readings import finish_columns, window_readings
 
 __all__ = ["TraceTable", "cut_at_end", "summarize"]
 
@@ -36,12 +38,15 @@ class TraceTable:
         probe: the probe (its ``columns(proj, norms, layers)`` and ``column_names()``).
         layers: the scoring layers the projections were taken at (``nL``).
         include_prompt: also emit the prompt's tokens.
-        at_last: the probe was calibrated at the last prompt token (its ``p_`` columns hold numbers there only).
+        window: :func:`~emofast.generation.readings.reading_window` of the probe: 1 (fitted at ``"last"``) or
+            ``K`` (``"last-K"``): each reading is the mean over that many trailing tokens, and the last prompt
+            token's is calibrated (its ``p_`` columns hold numbers there only); None (``"mean"``, an int): single
+            tokens, never calibrated.
     """
 
-    def __init__(self, tok, probe, layers, *, include_prompt: bool, at_last: bool):
+    def __init__(self, tok, probe, layers, *, include_prompt: bool, window: int | None):
         self.tok, self.probe, self.layers = tok, probe, list(layers)
-        self.include_prompt, self.at_last = include_prompt, at_last
+        self.include_prompt, self.window = include_prompt, window
         self.cols: dict[str, list] = {"prompt_id": [], "token_index": [], "token": [], "is_generated": []}
         self.readings: list[dict] = []
         self.calibrated: list[bool] = []
@@ -65,11 +70,11 @@ class TraceTable:
         positions = (list(range(P)) if self.include_prompt else []) + list(range(P, R))
         if not positions:
             return
-        sink = sink_positions(norms[:R]).tolist()
+        proj, norms, sink = window_readings(proj[:R], norms[:R], self.window or 1)
         all_ids = list(prompt_ids) + list(gen_ids)
         pos_t = torch.tensor(positions)
-        self.sinks += [sink[p] for p in positions]
-        self.calibrated += [p == P - 1 and self.at_last for p in positions]
+        self.sinks += sink[pos_t].tolist()
+        self.calibrated += [p == P - 1 and self.window is not None for p in positions]
         self.readings.append(self.probe.columns(proj[pos_t], norms[pos_t], self.layers))
         self.cols["prompt_id"] += [str(prompt_id)] * len(positions)
         self.cols["token_index"] += positions

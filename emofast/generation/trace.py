@@ -8,7 +8,9 @@ same method), one row per token.
 
 The reading of token ``j`` is the residual at position ``j``, the state from which the model produces token
 ``j + 1``; for the last prompt token this is the study's reading of the prompt. Generation never feeds back its
-last token, so one extra cached step reads it.
+last token, so one extra cached step reads it. A probe fitted at ``position="last-K"`` reads the mean of the
+residuals at ``max(0, j-K+1)..j`` instead (a moving mean of the projections, see
+:mod:`emofast.generation.readings`), which at the last prompt token is its own score of the prompt.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from ..capture.models import resolve_layout
 from ..capture.prompts import check_texts, render_prompts
 from .backend import is_vllm, vllm_readings
 from .hooks import input_device, residual_hook
-from .readings import REFERENCE_TEXTS, reading_columns, sink_positions
+from .readings import REFERENCE_TEXTS, reading_columns, reading_window, window_readings
 from .table import TraceTable, cut_at_end
 
 __all__ = ["trace", "trace_rows", "token_reference", "Recorder", "encode_prompts", "generation_kwargs"]
@@ -140,7 +142,9 @@ def token_reference(model, tok, probe, texts=None, *, chat_template=None, batch_
     ``"_n_tokens"``.
 
     ``texts``: neutral user turns (default: the first :data:`REFERENCE_TEXTS` of the bundled neutral set). Every
-    real token of every rendered prompt (template tokens included: a trace reads them too) except sinks counts.
+    real token of every rendered prompt (template tokens included: a trace reads them too) except sinks counts,
+    each read over the probe's trailing window as a trace reads it (a ``"last-K"`` probe: the mean of the last
+    ``K`` residuals; a window holding a sink is a sink).
     The default reference is kept on the probe (``probe.token_reference``) with the model and template it was
     measured with, so a second trace of the same model with the same template reuses it. It must be measured on
     the unsteered model: inside :class:`~emofast.generation.steer.Steering` a missing reference is an error
@@ -153,7 +157,8 @@ def token_reference(model, tok, probe, texts=None, *, chat_template=None, batch_
     chat_template = bool(chat_template and getattr(tok, "chat_template", None) is not None)
     system_prompt = ex.get("system_prompt") if chat_template else None
     name = getattr(getattr(model, "config", None), "_name_or_path", None)
-    key = repr((id(model), name, chat_template, system_prompt))
+    window = reading_window(probe)
+    key = repr((id(model), name, chat_template, system_prompt, ex.get("position", "last")))
     cached = getattr(probe, "token_reference", None)
     if default and cached is not None and cached.get("_key") == key:
         return cached
@@ -171,7 +176,8 @@ def token_reference(model, tok, probe, texts=None, *, chat_template=None, batch_
     names = reading_columns(probe.column_names())
     values = {c: [] for c in names}
     for proj, norms in _prompt_readings(model, tok, probe, texts, chat_template, system_prompt, batch_size):
-        keep = torch.nonzero(~sink_positions(norms)).flatten()
+        proj, norms, sink = window_readings(proj, norms, window or 1)
+        keep = torch.nonzero(~sink).flatten()
         col = probe.columns(proj[keep], norms[keep], layers)
         for c in names:
             values[c].append(np.asarray(col[c], dtype=np.float64))
@@ -288,20 +294,20 @@ def trace_rows(
         chat_template = ex.get("chat_template", True)
     chat_template = bool(chat_template and getattr(tok, "chat_template", None) is not None)
     system_prompt = ex.get("system_prompt") if chat_template else None
-    if ex.get("position", "last") != "last":
+    window = reading_window(probe)  # trailing tokens per reading; None: single tokens, not calibrated on them
+    if window is None:
         warnings.warn(
             f"this probe was fitted at position={ex.get('position')!r}; per-token readings apply its directions and "
             "calibration to single tokens' states, which it was not calibrated on",
             UserWarning,
             stacklevel=3,
         )
-    at_last = ex.get("position", "last") == "last"  # where the probe's percentages were calibrated
     bs = batch_size or min(32, max(1, len(prompts)))
     kw = generation_kwargs(
         tok, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p
     )
     layers = probe.scoring_layers()
-    table = TraceTable(tok, probe, layers, include_prompt=include_prompt, at_last=at_last)
+    table = TraceTable(tok, probe, layers, include_prompt=include_prompt, window=window)
     if isinstance(reference, str):
         if reference != "neutral":
             raise ValueError(f"reference must be 'neutral', a dict or None, not {reference!r}")
