@@ -46,6 +46,8 @@ CASES = {
         position="mean", batch_size=10, deterministic=True
     ),
     "last, max_tokens 64, progress": dict(max_tokens=64, progress=True),
+    "last-8": dict(position="last-8"),
+    "last-40, chat (windows reach into the shared prefix)": dict(position="last-40", chat_template=True),
 }
 
 
@@ -69,10 +71,11 @@ def test_all_layers_and_shapes(loaded):
 
 
 def test_prefix_cache_serves_last_and_never_hides_rows(loaded, parity):
-    """A repeated ``last`` pass reuses the cached system prompt; a repeated ``mean`` pass computes every token."""
+    """A repeated ``last`` pass reuses the cached system prompt; a repeated ``mean`` or ``last-K`` pass computes
+    every token (a unique cache salt per request)."""
     hf, hf_tok, vm, v_tok = loaded["llama"]
     kw = dict(chat_template=True, system_prompt=LONG_SYSTEM)
-    for position in ("last", "mean"):
+    for position in ("last", "mean", "last-8"):
         ref = emofast.extract(hf, hf_tok, TEXTS, position=position, **kw)
         for run in range(2):
             stats = {}

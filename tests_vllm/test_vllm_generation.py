@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -79,6 +80,34 @@ def test_trace_matches_hf_under_continuous_batching(loaded, fitted, parity):
     assert ref_v["_n_tokens"] == ref_h["_n_tokens"] > 0
     for c in probe.names:
         assert parity("llama", f"token_reference {c}", ref_h[c], ref_v[c]) <= REL * abs(ref_h[c][0]) + 1e-4
+
+
+def test_last_k_probe_traces_the_same_on_both_backends(loaded, fitted, parity):
+    """A probe fitted at "last-8" reads trailing windows on both backends alike (the shared TraceTable): same
+    table, same windowed per-token reference, no single-token warning, and the last prompt token's reading is
+    the probe's own score of the prompt through vLLM, calibrated percentages included."""
+    hf, hf_tok, vm, v_tok = loaded["llama"]
+    _, data = fitted
+    probe = PairedProbe.fit(hf, hf_tok, data, width=2, position="last-8")
+    ref_h = token_reference(hf, hf_tok, probe, texts=PROMPTS)
+    ref_v = token_reference(vm, v_tok, probe, texts=PROMPTS)
+    assert ref_v["_n_tokens"] == ref_h["_n_tokens"] > 0
+    for c in probe.names:
+        assert parity("llama", f"last-8 token_reference {c}", ref_h[c], ref_v[c]) <= REL * abs(ref_h[c][0]) + 1e-4
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        a = emofast.trace(hf, hf_tok, PROMPTS, probe, max_new_tokens=10, reference=ref_h)
+        b = emofast.trace(vm, v_tok, PROMPTS, probe, max_new_tokens=10, reference=ref_h)
+    assert not [w for w in seen if "single tokens" in str(w.message)]
+    assert_same_table(a, b, "last-8 trace", parity)
+    rows = b.to_pylist()
+    scores = probe.score(vm, v_tok, PROMPTS)
+    for pid in range(len(PROMPTS)):
+        mine = [r for r in rows if r["prompt_id"] == str(pid)]
+        [last] = [r for r in mine if r["calibrated"]]
+        assert last["token_index"] == sum(not r["is_generated"] for r in mine) - 1  # the last prompt token
+        for name in probe.column_names():
+            assert last[name] == pytest.approx(float(scores[name][pid]), abs=2e-4, rel=1e-3), name
 
 
 def test_every_token_is_read_and_the_last_one_too(loaded, fitted):
