@@ -119,6 +119,25 @@ def test_find_alpha_range_keeps_the_curve_within_budget(fitted):
     assert not big or max(c["kl"] for c in big) > min(c["kl"] for c in res[name]["+"]["curve"])
 
 
+def test_sampled_baseline_pools_several_texts_per_prompt(fitted):
+    """With sampling, the unsteered baseline is ``baseline_samples`` texts per prompt, in one batch: its
+    perplexity is that of those rows pooled."""
+    from emofast.generation.damage import generate_rows, pooled_ppl
+
+    model, tok, data, probe = fitted
+    name = "sad_vs_happy"
+    vecs = steering_vectors(model, tok, probe, data, pairs=[name])
+    prompts = [t for _, t in calibration_prompts(2)]
+    gen = {"max_new_tokens": 3, "do_sample": True, "seed": 5}
+    res = find_alpha_range(
+        model, tok, prompts, {name: (name, vecs)}, baseline_samples=3, max_alpha=1.0, bisect=0, min_alpha=1.0, **gen
+    )
+    assert res["baseline"]["samples_per_prompt"] == 3
+    rows = generate_rows(model, tok, [p for p in prompts for _ in range(3)], [{}] * 6, {}, **gen)
+    assert len(set(rows["texts"])) > 2  # the samples differ
+    assert res["baseline"]["ppl"] == pytest.approx(pooled_ppl(rows["nll"], rows["n_tokens"]))
+
+
 def test_steer_check_by_default_calibrates_every_pair(fitted, tmp_path):
     from emofast.commands.steer_check import steer_check
 

@@ -14,7 +14,9 @@ budget lands on the boundary where the noise is largest. So "within the budget" 
 confidence bound (``confidence``, default 0.9; 0: the point estimate, as before) from a bootstrap over the
 calibration prompts (:func:`damage_bounds`: resample prompts, recompute the pooled ratio of the steered texts of
 those prompts to the unsteered texts of the same prompts, take the ``confidence`` quantile; never below the point
-estimate).
+estimate). The unsteered baseline every ratio divides by is itself a sample: with sampling, ``baseline_samples``
+(4) unsteered texts per prompt, pooled per prompt, so that its noise (shared by every ratio of the search) is
+smaller.
 
 Search (all arms and both directions in the same batches, one batch per round): start at ``start`` (1.0); double
 while within budget (up to ``max_alpha``), halve while not (down to ``min_alpha``: below it the direction is
@@ -151,6 +153,7 @@ def find_alpha_range(
     bisect: int = 2,
     confidence: float = DEFAULT_CONFIDENCE,
     n_boot: int = 1000,
+    baseline_samples: int = 4,
     progress=None,
     **gen,
 ) -> dict:
@@ -164,6 +167,9 @@ def find_alpha_range(
             max_new_tokens, do_sample, seed, batch_size, temperature, top_p).
         confidence, n_boot: the budget is checked on the one-sided ``confidence`` upper bounds of the perplexity
             ratio and the KL (:func:`damage_bounds`, ``n_boot`` resamples of the prompts); 0: on the point estimates.
+        baseline_samples: with sampling, unsteered texts per prompt (pooled per prompt; greedy: 1). Every ratio
+            of the search divides by the same baseline, so its sampling noise is shared by all of them; ``k``
+            samples cost ``k * n`` rows once (a search round costs ``arm-directions * n``).
         progress: ``callable(str)`` told about each round, or None.
 
     Returns:
@@ -177,7 +183,13 @@ def find_alpha_range(
     t0 = time.perf_counter()
     rng = np.random.default_rng(0)
     n = len(prompts)
-    base = generate_rows(model, tok, prompts, [{}] * n, {}, **gen)
+    k = max(1, int(baseline_samples)) if gen.get("do_sample") else 1  # greedy: k copies of the same text
+    plain = generate_rows(model, tok, [p for p in prompts for _ in range(k)], [{}] * (n * k), {}, **gen)
+    ok = np.asarray(plain["n_tokens"]) > 0
+    base = {  # per prompt: its k unsteered texts pooled (sums of nll and tokens)
+        "nll": np.where(ok, plain["nll"], 0.0).reshape(n, k).sum(1),
+        "n_tokens": np.where(ok, plain["n_tokens"], 0).reshape(n, k).sum(1),
+    }
     base_ppl = pooled_ppl(base["nll"], base["n_tokens"])
     searches = {(a, s): AlphaSearch(start, min_alpha, max_alpha, bisect) for a in arms for s in ("+", "-")}
     curves: dict = {key: [] for key in searches}
@@ -226,7 +238,7 @@ def find_alpha_range(
             searches[key].update(alpha, ok)
         if progress:
             progress(f"calibration round {rnd}: {len(active)} arm-directions, {time.perf_counter() - t0:.0f} s")
-    result = {"baseline": {"ppl": base_ppl, "kl": 0.0, "n_prompts": n}}
+    result = {"baseline": {"ppl": base_ppl, "kl": 0.0, "n_prompts": n, "samples_per_prompt": k}}
     for arm in arms:
         result[arm] = {}
         for sign in ("+", "-"):
