@@ -47,11 +47,11 @@ def _add_model_args(p, default_model: str | None = "smollm2"):
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _add_extraction_args(p):
+def _add_extraction_args(p, position="last"):
     p.add_argument(
         "--position",
-        default="last",
-        help="last, mean, last-K (mean over the last K tokens) or a token index (negative from the end)",
+        default=position,
+        help=f"last, mean, last-K (mean over the last K tokens) or a token index (negative from the end); {position}",
     )
     p.add_argument("--no-chat-template", action="store_true", help="feed plain texts, not chat-templated prompts")
     p.add_argument(
@@ -63,14 +63,14 @@ def _add_extraction_args(p):
 
 def _parser() -> argparse.ArgumentParser:
     from .probe.layers import POLICIES
-    from .probe.paired import DEFAULT_METHOD, DEFAULT_POLICY, DEFAULT_WIDTH, SCORES
+    from .probe.paired import DEFAULT_METHOD, DEFAULT_POLICY, DEFAULT_POSITION, DEFAULT_WIDTH, SCORES
 
     ap = argparse.ArgumentParser(prog="emofast", description="Fast paired concept probing of language models.")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     r = sub.add_parser("run", help="fit a probe on paired texts, evaluate it on held-out texts, write a run folder")
     _add_model_args(r)
-    _add_extraction_args(r)
+    _add_extraction_args(r, DEFAULT_POSITION)
     r.add_argument("--pairs", default=None, help="dataset folder (default: the bundled emotion pairs)")
     r.add_argument("--pair", action="append", default=None, help="a pair to use, LEFT_vs_RIGHT (repeatable)")
     r.add_argument("--config", default=None, help="JSON/TOML file with root, pairs, neutral")

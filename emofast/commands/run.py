@@ -24,6 +24,7 @@ from ..probe.evaluation import split_outputs
 from ..probe.paired import (
     DEFAULT_METHOD,
     DEFAULT_POLICY,
+    DEFAULT_POSITION,
     DEFAULT_SYSTEM_PROMPT,
     DEFAULT_WIDTH,
     SCORES,
@@ -84,7 +85,7 @@ def run(
     width: int = DEFAULT_WIDTH,
     score: str = "centered",
     calibration: str = "platt",
-    position="last",
+    position=DEFAULT_POSITION,
     chat_template="auto",
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
     dtype="auto",

@@ -15,6 +15,7 @@ import torch
 from ..data.emotions import load_emotions
 from ..data.lexical import C_GRID
 from ..fileio import write_json
+from ..probe.paired import DEFAULT_POSITION
 from ..probe.space import EmotionSpace
 from ..probe.space_eval import evaluate_space, geometry, neutral_reference, recovered_pairs, topk_accuracy
 from ..probe.stats import bootstrap_ci
@@ -71,7 +72,7 @@ def run_space(
     model_name=None,
     emotions=None,
     width=4,
-    position="last",
+    position=DEFAULT_POSITION,
     chat_template="auto",
     system_prompt="You are a helpful assistant.",
     dtype="auto",

@@ -38,6 +38,7 @@ __all__ = [
     "SplitIndex",
     "DEFAULT_SYSTEM_PROMPT",
     "DEFAULT_METHOD",
+    "DEFAULT_POSITION",
     "DEFAULT_POLICY",
     "DEFAULT_WIDTH",
     "SCORES",
@@ -49,6 +50,9 @@ DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 DEFAULT_METHOD = "lda"  # best on val across the bundled pairs (see README, "Choosing the defaults")
 DEFAULT_POLICY = "per-pair"
 DEFAULT_WIDTH = 4
+# the mean over the last 8 prompt tokens: with the chat template, the end of the text and the template's tail that
+# opens the answer (best on val; see README, "Choosing the defaults")
+DEFAULT_POSITION = "last-8"
 SCORES = ("centered", "cosine")
 CALIBRATIONS = ("platt", "temperature")
 PROBE_FILE = "probe.safetensors"
@@ -270,7 +274,7 @@ class PairedProbe:
         width: int = DEFAULT_WIDTH,
         score: str = "centered",
         calibration: str = "platt",
-        position="last",
+        position=DEFAULT_POSITION,
         chat_template="auto",
         system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
         layers=None,
@@ -353,7 +357,7 @@ class PairedProbe:
         *,
         method=DEFAULT_METHOD,
         score="centered",
-        position="last",
+        position=DEFAULT_POSITION,
         chat_template="auto",
         system_prompt=DEFAULT_SYSTEM_PROMPT,
         layers=None,

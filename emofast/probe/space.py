@@ -33,6 +33,7 @@ from scipy.special import log_softmax, softmax
 
 from .._version import __version__
 from ..fileio import write_json
+from .paired import DEFAULT_POSITION
 
 __all__ = ["EmotionSpace", "SPACE_KIND", "neutral_components", "space_directions", "band_candidates"]
 
@@ -203,7 +204,7 @@ class EmotionSpace:
         tokenizer,
         data,
         *,
-        position="last",
+        position=DEFAULT_POSITION,
         chat_template="auto",
         system_prompt=None,
         layers=None,
