@@ -29,7 +29,8 @@ def fitted(tmp_path_factory):
     model, tok = tiny.model("llama"), tiny.tokenizer()
     tok.padding_side, tok.pad_token = "left", "<pad>"
     data = load_pairs(root)
-    return model, tok, data, PairedProbe.fit(model, tok, data, width=2)
+    # fitted at the last token: these tests read single tokens (a last-K probe's windowed readings: test_trace_window)
+    return model, tok, data, PairedProbe.fit(model, tok, data, width=2, position="last")
 
 
 def _uncached_columns(model, tok, probe, ids):

@@ -106,7 +106,9 @@ def test_z_is_the_formula_and_neutral_fit_texts_read_zero(setup):
     np.testing.assert_allclose(z_neutral[:n_fit, live].std(0, ddof=1), 1, atol=1e-5)  # and unit spread
     # z from extract, by the formula
     texts = data.split("test")[1][:5]
-    x = emofast.extract(model, tok, texts, chat_template=True, system_prompt=None)  # [N, L+1, D]
+    x = emofast.extract(
+        model, tok, texts, chat_template=True, system_prompt=None, position=space.extraction()["position"]
+    )  # [N, L+1, D]
     li = 2
     manual = ((x[:, li].double() - space.neutral_mean[li].double()) @ space.directions[:, li].double().T) / space.sigma[
         :, li

@@ -28,6 +28,7 @@ from .._version import __version__
 from ..data.pairs import PairedDataset
 from ..fileio import write_json
 from .calibration import Calibrator
+from .defaults import DEFAULT_POSITION
 from .directions import METHODS, logistic, mean_diff, shrinkage_lda
 from .resample import shuffled_labelings
 from .selection import layer_scale, select_and_calibrate
@@ -50,9 +51,6 @@ DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 DEFAULT_METHOD = "lda"  # best on val across the bundled pairs (see README, "Choosing the defaults")
 DEFAULT_POLICY = "per-pair"
 DEFAULT_WIDTH = 4
-# the mean over the last 8 prompt tokens: with the chat template, the end of the text and the template's tail that
-# opens the answer (best on val; see README, "Choosing the defaults")
-DEFAULT_POSITION = "last-8"
 SCORES = ("centered", "cosine")
 CALIBRATIONS = ("platt", "temperature")
 PROBE_FILE = "probe.safetensors"

@@ -33,7 +33,7 @@ from scipy.special import log_softmax, softmax
 
 from .._version import __version__
 from ..fileio import write_json
-from .paired import DEFAULT_POSITION
+from .defaults import DEFAULT_POSITION
 
 __all__ = ["EmotionSpace", "SPACE_KIND", "neutral_components", "space_directions", "band_candidates"]
 
