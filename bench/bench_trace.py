@@ -4,7 +4,8 @@
     pytest bench/bench_trace.py --benchmark-only -s
 
 16 prompts, greedy, 48 new tokens, one batch; a probe of five pairs over a band of 4 layers per pair (random unit
-directions: the cost does not depend on their values). ``trace`` runs the same ``generate`` with hooks that project
+directions: the cost does not depend on their values), at the default position (``last-8``: each reading is the
+moving mean of its token's window). ``trace`` runs the same ``generate`` with hooks that project
 each step's hidden states on the directions, plus one cached step that reads the last token, plus building the
 table. The last test prints the overhead (both measured in this one run) and writes ``bench/results/trace.json``.
 Target: at most 10% over plain ``generate``.
@@ -22,7 +23,7 @@ import torch
 import emofast
 from emofast.data import load_pairs
 from emofast.generation.trace import encode_prompts, generation_kwargs
-from emofast.probe import DEFAULT_SYSTEM_PROMPT, PairedProbe
+from emofast.probe import DEFAULT_POSITION, DEFAULT_SYSTEM_PROMPT, PairedProbe
 from emofast.probe.calibration import Calibrator
 
 HERE = Path(__file__).parent
@@ -46,7 +47,7 @@ def setup():
         torch.zeros_like(dirs),
         chosen,
         {k: Calibrator("platt", 1.0) for k in chosen},
-        meta={"position": "last", "chat_template": True, "system_prompt": DEFAULT_SYSTEM_PROMPT},
+        meta={"position": DEFAULT_POSITION, "chat_template": True, "system_prompt": DEFAULT_SYSTEM_PROMPT},
     )
     prompts = [f"Write two sentences about day {i} of a trip to the coast." for i in range(N_PROMPTS)]
     return model, tok, probe, prompts
