@@ -91,6 +91,7 @@ def test_run_writes_the_run_folder(ran, capsys):
     ):
         assert key in spec, key
     assert spec["system_prompt"] == "You are a helpful assistant." and spec["chat_template"] is True
+    assert spec["position"] == "last-8"  # the default chosen on val (README, "Choosing the defaults")
     assert len(spec["dataset"]["sha256"]) == 13
     metrics = json.loads((ran / "metrics.json").read_text())
     assert set(metrics["pairs_test"]) == {"sad_vs_happy", "angry_vs_calm"}
