@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from test_controls import contrast_data  # noqa: F401  (a fixture)
 from test_workflow import _run, setup  # noqa: F401  (setup is a fixture)
 
 from emofast.probe.resample import shuffled_labelings, train_resamples
@@ -114,3 +115,33 @@ def test_identity_refits_reproduce_the_probe_and_the_lexical_control(setup, tmp_
         assert r["probe_balanced_accuracy"] == pytest.approx([t["balanced_accuracy"]["value"]] * 2, abs=1e-9)
         lex = m["controls"]["lexical"][name]["balanced_accuracy"]["value"]
         assert r["lexical_balanced_accuracy"] == pytest.approx([lex] * 2, abs=1e-9)
+
+
+def test_identity_refits_reproduce_the_contrast_readings(setup, contrast_data, tmp_path, monkeypatch):  # noqa: F811
+    """On the contrast split too: with every resample the train split itself, each refit reads the contrast texts
+    as the run's probe and lexical baseline do; the columns reach pairs.csv and the report's contrast table."""
+    import emofast.commands.refits as refits_mod
+    from emofast.cli import main
+    from emofast.report import write_run_report
+
+    monkeypatch.setattr(refits_mod, "train_resamples", lambda train, n, seed: [np.arange(len(train.y))] * n)
+    out = tmp_path / "run"
+    args = ["run", "--model", str(setup / "model"), "--pairs", str(contrast_data), "--out", str(out)]
+    args += ["--width", "2", "--n-boot", "50", "--no-progress", "--no-report", "--controls", "lexical"]
+    assert main([*args, "--shuffled", "0", "--refits", "2"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    rc = m["controls"]["refits"]["contrast"]
+    assert set(rc) == set(m["pairs_test"])
+    for name, r in rc.items():
+        con = m["controls"]["contrast"][name]
+        assert r["probe_balanced_accuracy"] == pytest.approx([con["balanced_accuracy"]["value"]] * 2, abs=1e-9)
+        lex = con["lexical"]["balanced_accuracy"]["value"]
+        assert r["lexical_balanced_accuracy"] == pytest.approx([lex] * 2, abs=1e-9)
+        lo, hi = r["ci95"]
+        assert lo <= hi and 0 < r["p_one_sided"] <= r["p_holm"] <= 1
+    with open(out / "pairs.csv") as f:
+        rows = list(csv.DictReader(f))
+    for col in ("probe_minus_lexical_contrast_refit", "probe_minus_lexical_contrast_refit_p_holm"):
+        assert all(row[col] != "" for row in rows), col
+    write_run_report(out)
+    assert "over refits, Holm p" in (out / "report.md").read_text()

@@ -317,7 +317,9 @@ def run(
     metrics["controls"]["run"] = which
     if refit_list:
         sel = {"policy": policy, "width": width, "calibration": calibration, "val_use": val_use}
-        metrics["controls"]["refits"] = refit_control(refit_list, refit_raw, offsets, splits, data, sel, seed=seed)
+        metrics["controls"]["refits"] = refit_control(
+            refit_list, refit_raw, offsets, splits, data, sel, seed=seed, contrast=contrast
+        )
         timing["refits_s"] = metrics["controls"]["refits"].pop("seconds") + timing.pop("refit_fits_s", 0.0)
     metrics["augment"] = augmented
     if contrast is not None:  # per text, as outputs_test: lets a report pair two runs on the contrast texts

@@ -269,6 +269,11 @@ def difference_columns(metrics: dict, name: str) -> dict:
         row["probe_minus_lexical_refit"] = rf["value"]
         row["probe_minus_lexical_refit_lo"], row["probe_minus_lexical_refit_hi"] = rf["ci95"]
         row["probe_minus_lexical_refit_p_holm"] = rf["p_holm"]
+    rc = c.get("refits", {}).get("contrast", {}).get(name)
+    if rc:
+        row["probe_minus_lexical_contrast_refit"] = rc["value"]
+        row["probe_minus_lexical_contrast_refit_lo"], row["probe_minus_lexical_contrast_refit_hi"] = rc["ci95"]
+        row["probe_minus_lexical_contrast_refit_p_holm"] = rc["p_holm"]
     sh = c.get("shuffled_labels", {}).get("distribution", {}).get(name)
     if sh:
         row["shuffled_balanced_accuracy_mean"] = sh["mean"]
