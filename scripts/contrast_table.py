@@ -42,6 +42,10 @@ def _get(m, *keys):
     return m
 
 
+def _refit(e) -> str:
+    return "n/a" if not e else f"{_d(e)}, {e['p_holm']:.2g}"
+
+
 def rows(label: str, plain: dict | None, aug: dict | None) -> list[str]:
     ref = plain or aug
     names = list(ref["pairs_test"])
@@ -64,12 +68,13 @@ def rows(label: str, plain: dict | None, aug: dict | None) -> list[str]:
         out.append(
             f"| {label} | {n.replace('_vs_', ' vs ')} | {_ci(vals['test'])} | {_v(vals['lex'])} | "
             f"{_d(_get(c, 'lexical', n, 'probe_minus'))} | {_ci(vals['con'])} | {_v(vals['lexcon'])} | "
-            f"{_d(_get(con, 'lexical', 'probe_minus'))} | {_ci(vals['augcon'])} | {_v(vals['auglexcon'])} | "
+            f"{_d(_get(con, 'lexical', 'probe_minus'))} | {_refit(_get(c, 'refits', 'contrast', n))} | "
+            f"{_ci(vals['augcon'])} | {_v(vals['auglexcon'])} | "
             f"{_v(vals['ood'])} |"
         )
     mean = {k: (f"{np.mean(v):.3f}" if len(v) == len(names) else "n/a") for k, v in means.items()}
     out.append(
-        f"| {label} | **mean** | **{mean['test']}** | {mean['lex']} | | **{mean['con']}** | {mean['lexcon']} | | "
+        f"| {label} | **mean** | **{mean['test']}** | {mean['lex']} | | **{mean['con']}** | {mean['lexcon']} | | | "
         f"**{mean['augcon']}** | {mean['auglexcon']} | {mean['ood']} |"
     )
     return out
@@ -78,15 +83,16 @@ def rows(label: str, plain: dict | None, aug: dict | None) -> list[str]:
 def main(argv: list[str]) -> None:
     print(
         "| model | pair | test | lexical | probe − lexical | contrast: probe | contrast: lexical | "
-        "contrast: probe − lexical | augmented, contrast: probe | augmented, contrast: lexical | out-of-domain |"
+        "contrast: probe − lexical | contrast: over 20 refits, Holm p | augmented, contrast: probe | "
+        "augmented, contrast: lexical | out-of-domain |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for arg in argv:
         label, _, paths = arg.partition("=")
         plain, _, aug = paths.partition(",")
         p, a = _load(plain), _load(aug)
         if p is None and a is None:
-            print(f"| {label} | (no run folder found) |||||||||")
+            print(f"| {label} | (no run folder found) ||||||||||")
             continue
         print("\n".join(rows(label, p, a)))
 
