@@ -58,17 +58,7 @@ def split_index(data: PairedDataset, split: str) -> SplitIndex | None:
     """
     if not any(split in p.texts for p in data.pairs):
         return None
-    texts, ids, pair, y = [], [], [], []
-    for p, pr in enumerate(data.pairs):
-        if split not in pr.texts:
-            continue
-        for side, label in ((pr.left, 1), (pr.right, 0)):
-            rows = pr.texts[split][side]
-            texts += [t for _, t in rows]
-            ids += [i for i, _ in rows]
-            pair += [p] * len(rows)
-            y += [label] * len(rows)
-    return SplitIndex(texts, ids, np.array(pair, dtype=np.int64), np.array(y, dtype=np.int64))
+    return SplitIndex.of(data, split, skip_missing=True)
 
 
 def augment_train(data: PairedDataset, augment: str | None) -> tuple[PairedDataset, dict | None]:

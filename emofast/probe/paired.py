@@ -67,9 +67,12 @@ class SplitIndex:
     y: np.ndarray
 
     @classmethod
-    def of(cls, data: PairedDataset, split: str) -> SplitIndex:
+    def of(cls, data: PairedDataset, split: str, skip_missing: bool = False) -> SplitIndex:
+        """``split`` of every pair; ``skip_missing``: pairs without it get no rows (``pair`` keeps positions)."""
         texts, ids, pair, y = [], [], [], []
         for p, pr in enumerate(data.pairs):
+            if skip_missing and split not in pr.texts:
+                continue
             for side, label in ((pr.left, 1), (pr.right, 0)):
                 rows = pr.texts[split][side]
                 texts += [t for _, t in rows]
